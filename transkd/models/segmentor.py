@@ -1,0 +1,94 @@
+"""Encoder + decode head, and the output object that distillation reads from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .heads import SegFormerHead, SemanticFPNHead
+from .mit import MIT_CONFIGS, HierarchicalEncoder, _with_overrides
+from .pvtv2 import PVTV2_CONFIGS
+from .registry import register_model
+
+#: ImageNet statistics, the normalisation the MiT/PVTv2 weights were pre-trained with.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class SegmentationOutput:
+    """Logits at 1/4 resolution plus what distillation needs from a network.
+
+    ``features``: four stage maps (B, C_i, H/2^(i+1), W/2^(i+1)) after the stage LayerNorm.
+    ``embeddings``: four patch-embedding token tensors (B, N_i, C_i) after their LayerNorm.
+    """
+
+    logits: torch.Tensor
+    features: list[torch.Tensor]
+    embeddings: list[torch.Tensor]
+
+
+class Segmentor(nn.Module):
+    """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4)."""
+
+    def __init__(self, encoder: HierarchicalEncoder, decode_head: nn.Module, *, name: str,
+                 num_classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decode_head = decode_head
+        self.model_name = name
+        self.num_classes = num_classes
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channel widths of the four encoder stages."""
+        return self.encoder.widths
+
+    def forward(self, x: torch.Tensor, return_features: bool = False):
+        check_input(x, self.encoder.config.in_chans)
+        enc = self.encoder(x, return_embeddings=return_features)
+        logits = self.decode_head(enc.features)
+        if not return_features:
+            return logits
+        return SegmentationOutput(logits, enc.features, enc.embeddings)
+
+
+def check_input(x: torch.Tensor, channels: int = 3) -> None:
+    """Fail with one sentence on inputs the encoder cannot take."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.ndim != 4:
+        raise ValueError(f"input must be 4-D (batch, {channels}, height, width), got shape "
+                         f"{tuple(x.shape)}")
+    if x.shape[1] != channels:
+        raise ValueError(f"input must have {channels} channels, got {x.shape[1]} "
+                         f"(shape {tuple(x.shape)})")
+
+
+def _segformer_builder(name: str, encoder_name: str, decoder_dim: int):
+    def build(num_classes: int, decoder_dim: int = decoder_dim, dropout: float = 0.1,
+              **encoder_overrides) -> Segmentor:
+        encoder = HierarchicalEncoder(_with_overrides(MIT_CONFIGS[encoder_name], encoder_overrides))
+        head = SegFormerHead(encoder.widths, num_classes, embed_dim=decoder_dim, dropout=dropout)
+        return Segmentor(encoder, head, name=name, num_classes=num_classes)
+    return build
+
+
+def _fpn_builder(name: str, encoder_name: str):
+    def build(num_classes: int, dropout: float = 0.1, **encoder_overrides) -> Segmentor:
+        encoder = HierarchicalEncoder(_with_overrides(PVTV2_CONFIGS[encoder_name], encoder_overrides))
+        head = SemanticFPNHead(encoder.widths, num_classes, dropout=dropout)
+        return Segmentor(encoder, head, name=name, num_classes=num_classes)
+    return build
+
+
+for _size in range(6):
+    _dim = 256 if _size < 2 else 768
+    register_model(f"segformer_b{_size}", _segformer_builder(f"segformer_b{_size}", f"mit_b{_size}", _dim),
+                   family="segformer", kind="segmentor",
+                   description=f"SegFormer: MiT-B{_size} + All-MLP head (D={_dim})")
+    register_model(f"pvtv2_b{_size}_fpn", _fpn_builder(f"pvtv2_b{_size}_fpn", f"pvtv2_b{_size}"),
+                   family="pvtv2", kind="segmentor",
+                   description=f"PVTv2-B{_size} + Semantic FPN head (256/128)")
