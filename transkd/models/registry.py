@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from torch import nn
 
+from ..errors import ConfigError
 
-class UnknownModelError(ValueError):
+
+class UnknownModelError(ConfigError):
     """Raised for a model name that is not registered; the message lists the known names."""
 
 
@@ -54,10 +56,10 @@ def create_model(name: str, num_classes: int | None = None, **kwargs) -> nn.Modu
     entry = get_entry(name)
     if entry.kind == "encoder":
         if num_classes is not None:
-            raise ValueError(f"{name!r} is an encoder and takes no num_classes")
+            raise ConfigError(f"{name!r} is an encoder and takes no num_classes")
         return entry.builder(**kwargs)
     if num_classes is None:
-        raise ValueError(f"{name!r} is a segmentation model: pass num_classes")
+        raise ConfigError(f"{name!r} is a segmentation model: pass num_classes")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
     return entry.builder(num_classes=num_classes, **kwargs)

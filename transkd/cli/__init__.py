@@ -1,0 +1,62 @@
+"""Command-line interface: ``transkd SUBCOMMAND ...``; each subcommand is one small module.
+
+A subcommand module defines ``add_parser(subparsers)`` and ``run(args) -> int``; the library does
+the work, the module parses and prints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+from ..errors import TranskdError
+
+#: Subcommand modules, in the order ``transkd --help`` lists them.
+SUBCOMMANDS = ("demo", "train", "distill", "eval", "flops", "predict", "export", "bench",
+               "convert", "report")
+
+
+def _load_subcommands():
+    modules = []
+    for name in SUBCOMMANDS:
+        try:
+            modules.append(importlib.import_module(f"{__name__}.{name}"))
+        except ModuleNotFoundError as exc:  # a subcommand not shipped in this build
+            if exc.name != f"{__name__}.{name}":
+                raise
+    return modules
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="transkd", description="Distil semantic-segmentation transformers into small students.")
+    parser.add_argument("--version", action="version", version=f"transkd {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in _load_subcommands():
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (TranskdError, ValueError, TypeError, FileNotFoundError, PermissionError,
+            IsADirectoryError, NotADirectoryError) as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""User-facing errors: the CLI prints their message as one sentence, without a traceback."""
+
+
+class TranskdError(Exception):
+    """Base of every error caused by the user's input (a file, an option, a config key)."""
+
+
+class ConfigError(TranskdError, ValueError):
+    """A config key, value or option that is unknown, of the wrong type or out of range."""
+
+
+class CheckpointError(TranskdError, ValueError):
+    """A checkpoint that is missing, corrupt, unsafe or does not fit the model."""
+
+
+class DatasetError(TranskdError, ValueError):
+    """A dataset folder, split or file that is missing or malformed."""
