@@ -1,0 +1,31 @@
+"""Loss functions shared by several distillation methods."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+#: Pooling sizes and weights of the hierarchical context loss (Knowledge Review / TransKD).
+HCL_LEVELS: tuple[tuple[int, float], ...] = ((4, 0.5), (2, 0.25), (1, 0.125))
+
+
+def hcl_stage_loss(student: torch.Tensor, teacher: torch.Tensor,
+                   levels: tuple[tuple[int, float], ...] = HCL_LEVELS) -> torch.Tensor:
+    """Hierarchical context loss of one stage: MSE at full size plus MSE of adaptive-average
+    pooled maps at each level smaller than the map, normalised by the sum of weights used."""
+    student, teacher = student.float(), teacher.float()
+    loss = F.mse_loss(student, teacher)
+    total = 1.0
+    height = student.shape[2]
+    for size, weight in levels:
+        if size >= height:
+            continue
+        loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(student, size),
+                                          F.adaptive_avg_pool2d(teacher, size))
+        total += weight
+    return loss / total
+
+
+def hcl_loss(students: list[torch.Tensor], teachers: list[torch.Tensor]) -> torch.Tensor:
+    """Sum of :func:`hcl_stage_loss` over paired stages."""
+    return sum(hcl_stage_loss(s, t) for s, t in zip(students, teachers, strict=True))
