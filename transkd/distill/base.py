@@ -92,7 +92,9 @@ def parse_dataclass(schema: type, values: dict[str, Any], owner: str):
     defaults = schema()
     for key, value in values.items():
         default = getattr(defaults, key)
-        clean[key] = _coerce(value, default, f"{owner} option {key!r}")
+        # ``tuple[int, ...]`` accepts any length; a tuple typed element by element is fixed.
+        any_length = "..." in str(fields[key].type)
+        clean[key] = _coerce(value, default, f"{owner} option {key!r}", any_length)
     obj = schema(**clean)
     check = getattr(obj, "validate", None)
     if check is not None:
@@ -103,8 +105,9 @@ def parse_dataclass(schema: type, values: dict[str, Any], owner: str):
     return obj
 
 
-def _coerce(value: Any, default: Any, label: str) -> Any:
-    """Accept ``value`` if it has the type of ``default`` (ints for floats, lists for tuples)."""
+def _coerce(value: Any, default: Any, label: str, any_length: bool = False) -> Any:
+    """Accept ``value`` if it has the type of ``default`` (ints for floats, lists for tuples);
+    tuples must keep the default's length unless ``any_length``."""
     if isinstance(default, bool):
         if isinstance(value, bool):
             return value
@@ -122,7 +125,9 @@ def _coerce(value: Any, default: Any, label: str) -> Any:
             return value
         raise ConfigError(f"{label} must be a string, got {value!r}")
     if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)) or len(value) != len(default) and default:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{label} must be a list of values, got {value!r}")
+        if not any_length and default and len(value) != len(default):
             raise ConfigError(f"{label} must be a list of {len(default)} values, got {value!r}")
         sample = default[0] if default else value[0] if value else 0.0
         return tuple(_coerce(v, sample, label) for v in value)

@@ -1,0 +1,113 @@
+"""Helpers shared by the ``train``, ``distill``, ``eval`` and ``demo`` subcommands: config
+options, the resolved config, and printing numbers that say what they are."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from ..config import Config, load_config
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="YAML config (presets in configs/); defaults fill everything else")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one key, e.g. --set optim.lr=1e-4 (repeatable; value is YAML)")
+    parser.add_argument("--data", metavar="ROOT", help="dataset root folder (shortcut for data.root)")
+    parser.add_argument("--output", metavar="DIR", help="run folder (shortcut for output.dir)")
+    if resume:
+        parser.add_argument("--resume", metavar="CKPT|auto",
+                            help="continue from a checkpoint, a run folder, or 'auto' (the output "
+                                 "folder's last checkpoint if there is one)")
+
+
+def config_from_args(args: argparse.Namespace, extra: Sequence[str] = (),
+                     base: dict[str, Any] | None = None) -> Config:
+    """The validated config: file, then ``--set`` overrides, then shortcut options."""
+    overrides = list(args.overrides)
+    if getattr(args, "data", None) is not None:
+        overrides.append(f"data.root={_quoted(args.data)}")
+    if getattr(args, "output", None) is not None:
+        overrides.append(f"output.dir={_quoted(args.output)}")
+    overrides.extend(extra)
+    return load_config(args.config, overrides, base=base)
+
+
+def _quoted(text: str) -> str:
+    """A path as a YAML string, whatever characters it holds."""
+    return "'" + str(text).replace("'", "''") + "'"
+
+
+def percent(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{100 * value:.2f}"
+
+
+def context_line(description: dict[str, Any], dataset: str, split: str) -> str:
+    """``camvid val, protocol paper, input short side 512, metric at 0.25 of ...``."""
+    return (f"{dataset} {split}, protocol {description['protocol']}, input {description['input_size']}, "
+            f"metric at {description['metric_resolution']}, inference {description['inference']}")
+
+
+def class_table(class_names: Sequence[str], iou: Sequence[float],
+                accuracy: Sequence[float] | None = None) -> str:
+    """Per-class IoU (and accuracy) in percent, one class a line."""
+    width = max([len(n) for n in class_names] + [5])
+    header = f"  {'class':<{width}}  {'IoU %':>7}" + (f"  {'acc %':>7}" if accuracy else "")
+    lines = [header]
+    for index, name in enumerate(class_names):
+        line = f"  {name:<{width}}  {percent(iou[index]):>7}"
+        if accuracy:
+            line += f"  {percent(accuracy[index]):>7}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def say(message: str = "", enabled: bool = True) -> None:
+    if enabled:
+        print(message, file=sys.stdout, flush=True)
+
+
+def run_training(config: Config, resume: str | None, command: str) -> int:
+    """Plan (check everything), train, print where results went; exit code 130 if interrupted."""
+    from ..engine.distributed import cleanup_distributed
+    from ..engine.run import execute, plan_run, protocol_description
+
+    plan = plan_run(config, resume)
+    main = plan.env.is_main
+    try:
+        if plan.resume is not None:
+            say(f"resuming from {plan.resume}", main)
+        say(f"run folder: {plan.run_dir}", main)
+        result = execute(plan)
+    finally:
+        cleanup_distributed(plan.env)
+    if not main:
+        return 0 if result.status == "completed" else 130
+    where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
+    if result.teacher_val:
+        say(f"teacher val mIoU {percent(result.teacher_val['miou'])}% "
+            f"(pixel acc {percent(result.teacher_val['acc'])}%) — {where}")
+    if result.status == "interrupted":
+        say(f"interrupted after {result.steps}/{result.total_steps} steps; resumable checkpoint: "
+            f"{result.checkpoint}")
+        say(f"continue with: transkd {command} ... --output {plan.run_dir} --resume auto")
+        return 130
+    best = result.best or {}
+    last = result.last_val or {}
+    say(f"best val mIoU {percent(best.get('miou'))}% at step {best.get('step')} "
+        f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
+        f"pixel acc {percent(last.get('acc'))}% — {where}")
+    if result.skipped_steps:
+        say(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
+    say(f"trained {result.steps} steps in {result.train_seconds:.1f} s")
+    say(f"deployable student: {result.best_weights} (best), {result.last_weights} (last)")
+    say(f"resumable checkpoint: {result.checkpoint}")
+    say(f"config: {plan.run_dir / 'config.yaml'}; metrics: {plan.run_dir / 'metrics.jsonl'}; "
+        f"TensorBoard: {plan.run_dir / 'tensorboard'}; summary: {plan.run_dir / 'summary.json'}")
+    return 0

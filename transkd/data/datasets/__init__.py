@@ -1,0 +1,13 @@
+"""Dataset loaders: raw images and train-id labels, paired by file name, with clear errors.
+
+Importing this package registers every dataset with ``build_dataset``.
+"""
+
+from . import acdc, camvid, cityscapes, folder, nyuv2, synthetic, voc  # noqa: F401  (registers)
+from .base import IGNORE_INDEX, FilePairDataset, Sample, SegmentationDataset, voc_color_map
+from .files import LabelMap
+from .registry import build_dataset, dataset_class, dataset_options, list_datasets, register_dataset
+
+__all__ = ["IGNORE_INDEX", "FilePairDataset", "LabelMap", "Sample", "SegmentationDataset",
+           "build_dataset", "dataset_class", "dataset_options", "list_datasets", "register_dataset",
+           "voc_color_map"]

@@ -1,0 +1,151 @@
+"""Turn a validated :class:`~transkd.config.Config` into datasets, networks and a Distiller.
+
+Everything here reads inputs and raises one-sentence errors for bad ones (missing dataset
+folder, batch larger than the split, a teacher for another class count); nothing writes files,
+so a run that fails here leaves no output behind.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..data import build_dataset
+from ..data.protocols import TransformedDataset, build_transform, class_weights
+from ..distill import Distiller, create_distiller, cross_entropy_loss
+from ..errors import CheckpointError, ConfigError
+from ..models import create_model, get_entry
+from ..weights.io import load_model, load_state_strict, read_safetensors
+
+
+@dataclass
+class DataBundle:
+    """The raw splits and what the rest of the run needs to know about the dataset."""
+
+    train: object | None
+    val: object
+    name: str
+    class_names: tuple[str, ...]
+    palette: tuple[tuple[int, int, int], ...]
+    num_classes: int
+    num_outputs: int
+    ignore_index: int
+
+
+def open_datasets(config: Config, train: bool = True, val_split: str | None = None) -> DataBundle:
+    """Open the train (if asked) and validation splits; errors name the folder or split."""
+    data = config.data
+    train_set = build_dataset(data.name, data.root, split=data.train_split, **data.options) \
+        if train else None
+    val_set = build_dataset(data.name, data.root, split=val_split or data.val_split, **data.options)
+    for split_set in (train_set, val_set):
+        if split_set is not None and len(split_set) == 0:
+            raise ConfigError(f"split {split_set.split!r} of dataset {data.name!r} holds no samples")
+    num_classes = val_set.num_classes
+    return DataBundle(train_set, val_set, data.name, tuple(val_set.class_names),
+                      tuple(tuple(c) for c in val_set.palette), num_classes,
+                      config.protocol.num_outputs(num_classes), config.protocol.ignore_index)
+
+
+def transformed(bundle: DataBundle, config: Config) -> tuple[TransformedDataset | None, TransformedDataset]:
+    """The splits with the protocol's train/eval pipelines applied."""
+    opts = config.protocol
+    seed = config.train.seed
+    train = None
+    if bundle.train is not None:
+        train = TransformedDataset(bundle.train, build_transform(opts, train=True,
+                                                                 num_classes=bundle.num_classes), seed)
+    val = TransformedDataset(bundle.val, build_transform(opts, train=False, num_classes=bundle.num_classes),
+                             seed)
+    return train, val
+
+
+def check_batch_fits(config: Config, bundle: DataBundle, world_size: int) -> None:
+    """Training drops incomplete batches, so a split smaller than one global batch trains nothing."""
+    assert bundle.train is not None
+    needed = config.train.batch_size * world_size * config.train.grad_accum
+    if len(bundle.train) < needed:
+        per = f"train.batch_size {config.train.batch_size}"
+        if world_size > 1 or config.train.grad_accum > 1:
+            per += f" × {world_size} process(es) × train.grad_accum {config.train.grad_accum}"
+        raise ConfigError(f"{per} is larger than the {len(bundle.train)} samples of split "
+                          f"{bundle.train.split!r} of dataset {bundle.name!r}")
+
+
+def criterion_for(config: Config, bundle: DataBundle, device: torch.device):
+    """Cross-entropy with the protocol's class weights and ignore index, in fp32."""
+    weights = class_weights(bundle.name, bundle.num_classes, config.protocol, dataset=bundle.train)
+    if weights is not None:
+        weights = weights.to(device)
+    ignore = config.protocol.ignore_index
+
+    def criterion(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return cross_entropy_loss(logits, targets, ignore_index=ignore, weight=weights)
+
+    return criterion
+
+
+def build_network(config: Config, num_outputs: int) -> nn.Module:
+    """The trainable network with fresh weights, or started from ``model.init``."""
+    model = create_model(config.model.name, num_classes=num_outputs, **config.model.options)
+    if config.model.init is not None:
+        initialise_from(model, config.model.init)
+    return model
+
+
+def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
+    """Load a full segmentor file, or an encoder file into ``model.encoder`` (ImageNet weights)."""
+    state, meta = read_safetensors(path)
+    architecture = meta.get("architecture")
+    encoder_only = not any(k.startswith("decode_head.") for k in state)
+    if architecture:
+        try:
+            encoder_only = get_entry(architecture).kind == "encoder"
+        except ConfigError:
+            pass
+    if encoder_only:
+        state = {k.removeprefix("encoder."): v for k, v in state.items()}
+        load_state_strict(model.encoder, state, source=f"model.init {path}")
+    else:
+        load_state_strict(model, state, source=f"model.init {path}")
+
+
+def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:
+    """The frozen teacher from ``teacher.weights``; its outputs must match the dataset."""
+    path = config.teacher.weights
+    if path is None:
+        raise ConfigError("config key 'teacher.weights' must name the teacher's .safetensors file")
+    if not Path(path).is_file():
+        raise ConfigError(f"teacher.weights {path} does not exist")
+    teacher = load_model(path)
+    if config.teacher.name is not None and teacher.model_name != config.teacher.name:
+        raise CheckpointError(f"teacher.weights {path} holds a {teacher.model_name} but "
+                              f"teacher.name is {config.teacher.name}")
+    if teacher.num_classes != bundle.num_outputs:
+        extra = " (classes + void)" if bundle.num_outputs != bundle.num_classes else ""
+        raise CheckpointError(f"teacher.weights {path} predicts {teacher.num_classes} classes but "
+                              f"dataset {bundle.name!r} needs {bundle.num_outputs}{extra}")
+    return teacher
+
+
+def build_distiller(config: Config, student: nn.Module, teacher: nn.Module | None,
+                    criterion) -> Distiller:
+    """The Distiller for ``distill.method`` (``none``: plain supervised training)."""
+    options = dict(config.distill.options)
+    return create_distiller(config.distill.method, teacher, student, criterion=criterion,
+                            ce_weight=config.distill.ce_weight,
+                            ignore_index=config.protocol.ignore_index, **options)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"config key 'train.device' is {name!r} but no CUDA device is available")
+    return device

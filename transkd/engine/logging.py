@@ -1,0 +1,80 @@
+"""Where training numbers go: a JSONL file (one record per line), TensorBoard events, and a
+tqdm progress bar on the terminal. Only the main process (rank 0) writes anything.
+
+JSONL records carry ``"kind"``: ``"train"`` (every loss term, lr, step/data time), ``"val"``
+(mIoU, pixel accuracy, per-class IoU), ``"teacher_val"`` (the teacher's own score, logged once
+at the start of distillation), ``"event"`` (skipped non-finite steps, interruption, resume).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    return value
+
+
+class MetricsLogger:
+    """Append-only metrics sink; a disabled logger (non-main rank) accepts and drops records."""
+
+    def __init__(self, run_dir: Path | None, enabled: bool = True, tensorboard: bool = True) -> None:
+        self.enabled = enabled and run_dir is not None
+        self.path = Path(run_dir) / "metrics.jsonl" if self.enabled else None
+        self._file = None
+        self._writer = None
+        if self.enabled:
+            self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
+            if tensorboard:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
+
+    def log(self, kind: str, step: int, **values: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
+        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                    self._writer.add_scalar(f"{kind}/{key}", value, step)
+                elif key == "iou" and isinstance(value, (list, tuple)):
+                    for index, iou in enumerate(value):
+                        if isinstance(iou, float) and math.isfinite(iou):
+                            self._writer.add_scalar(f"{kind}/iou_{index:02d}", iou, step)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All records of a ``metrics.jsonl`` file."""
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:
+    """A terminal progress bar over optimiser steps; silent off the main rank and off a tty."""
+    disable = True if not enabled else (None if sys.stderr.isatty() else True)
+    return tqdm(total=total, initial=initial, disable=disable, desc=description, unit="step",
+                dynamic_ncols=True, leave=False)

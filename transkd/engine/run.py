@@ -1,0 +1,171 @@
+"""A training run from a config: check every input, then create the run folder, then train.
+
+:func:`plan_run` does all the checking (datasets, batch size, teacher, output folder, resume
+checkpoint) without writing anything, so a bad input fails with one sentence and leaves no
+partial output. :func:`execute` writes ``config.yaml`` and trains. Run folder layout::
+
+    RUN/config.yaml             the resolved config (every default filled in)
+    RUN/metrics.jsonl           one JSON record per log line (train, val, teacher_val, event)
+    RUN/tensorboard/            TensorBoard event files
+    RUN/checkpoints/last.pt     resumable state (``--resume auto`` or ``--resume RUN``)
+    RUN/best/student.safetensors  the deployable student at its best validation mIoU
+    RUN/last/student.safetensors  ... at the end (adapters.safetensors next to it if any)
+    RUN/summary.json            final numbers and where everything went
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import Config
+from ..errors import ConfigError
+from . import build
+from .checkpoint import resolve_resume
+from .distributed import DistEnv, barrier, init_distributed
+from .trainer import RunResult, Trainer, seed_everything
+
+
+@dataclass
+class RunPlan:
+    """A checked run: everything needed to start, nothing written yet."""
+
+    config: Config
+    run_dir: Path
+    resume: Path | None
+    bundle: build.DataBundle
+    teacher: nn.Module | None
+    env: DistEnv
+    device: torch.device
+
+
+def default_run_dir(config: Config) -> Path:
+    """``runs/<dataset>/<name>``: ``segformer_b0`` for plain training,
+    ``transkd_base_b2-b0`` for distillation."""
+    student = config.model.name
+    if config.method_names:
+        teacher = config.teacher.name or Path(config.teacher.weights or "teacher").stem
+        name = f"{config.distill.method}_{_short(teacher)}-{_short(student)}"
+    else:
+        name = student
+    return Path("runs") / config.data.name / name
+
+
+def _short(model_name: str) -> str:
+    return model_name.removeprefix("segformer_")
+
+
+def check_output_dir(path: Path, resuming: bool) -> None:
+    """The run folder must be creatable and writable, and not hold another run."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"output folder {path} is a file; choose a folder with --output")
+    if path.is_dir():
+        if not resuming and ((path / "config.yaml").exists() or (path / "checkpoints").exists()):
+            raise ConfigError(f"output folder {path} already holds a run; continue it with "
+                              "--resume auto or choose another folder with --output")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"output folder {path} is not writable")
+        return
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output folder {path} cannot be created: {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output folder {path} cannot be created: {parent} is not writable")
+
+
+def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = None) -> RunPlan:
+    """Check every input of a run and return the plan; raises one-sentence errors."""
+    device = build.resolve_device(config.train.device)
+    env = env or init_distributed(device.type)
+    if env.enabled and device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+    if config.train.sync_bn and env.enabled and device.type != "cuda":
+        raise ConfigError("config key 'train.sync_bn' needs CUDA: PyTorch's SyncBatchNorm does not "
+                          "run on the CPU (use train.freeze_bn or a larger per-process batch)")
+    run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
+    resume_path = resolve_resume(resume, run_dir / "checkpoints")
+    check_output_dir(run_dir, resuming=resume is not None)
+    if config.model.init is not None and not Path(config.model.init).is_file():
+        raise ConfigError(f"model.init {config.model.init} does not exist")
+    bundle = build.open_datasets(config)
+    build.check_batch_fits(config, bundle, env.world_size)
+    teacher = build.load_teacher(config, bundle) if config.method_names and _needs_teacher(config) \
+        else None
+    return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device)
+
+
+def _needs_teacher(config: Config) -> bool:
+    from ..distill import get_method
+
+    return any(get_method(name).uses_teacher for name in config.method_names)
+
+
+def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module | None) -> dict[str, Any]:
+    """What the exported student carries besides its weights: classes, palette, protocol."""
+    protocol = config.protocol
+    return {
+        "dataset": bundle.name,
+        "class_names": list(bundle.class_names),
+        "palette": [list(c) for c in bundle.palette],
+        "ignore_index": protocol.ignore_index,
+        "void_as_extra_class": protocol.void_as_extra_class,
+        **protocol_description(config),
+        "method": config.distill.method,
+        "teacher": getattr(teacher, "model_name", None),
+    }
+
+
+def protocol_description(config: Config) -> dict[str, Any]:
+    """Words for what the numbers mean: protocol, input size, metric resolution."""
+    protocol = config.protocol
+    if protocol.name == "paper":
+        if protocol.image_size is not None:
+            size = f"{protocol.image_size[0]}x{protocol.image_size[1]} (HxW)"
+        else:
+            size = f"short side {protocol.short_side}"
+        scale = protocol.label_scale
+        resolution = "full input resolution" if scale == 1 else f"{scale:g} of the input resolution"
+    else:
+        size = (f"keep-ratio resize to {protocol.scale[0]}x{protocol.scale[1]} (long x short)"
+                if protocol.scale and protocol.eval_resize else "original size")
+        resolution = "full label resolution"
+    inference = config.eval.mode
+    if config.eval.mode == "slide":
+        inference += f" {config.eval.crop[0]}x{config.eval.crop[1]}"
+    if len(config.eval.scales) > 1 or config.eval.flip:
+        inference += f", scales {list(config.eval.scales)}" + (", flip" if config.eval.flip else "")
+    return {"protocol": protocol.name, "input_size": size, "metric_resolution": resolution,
+            "inference": inference}
+
+
+def execute(plan: RunPlan) -> RunResult:
+    """Write ``config.yaml``, build the networks, train; returns the :class:`RunResult`."""
+    config, env = plan.config, plan.env
+    if env.is_main:
+        plan.run_dir.mkdir(parents=True, exist_ok=True)
+        (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    barrier(env)
+    seed_everything(config.train.seed)
+    student = build.build_network(config, plan.bundle.num_outputs)
+    criterion = build.criterion_for(config, plan.bundle, plan.device)
+    distiller = build.build_distiller(config, student, plan.teacher, criterion)
+    if env.enabled:  # different dropout/drop-path draws per rank, same initial weights
+        seed_everything(config.train.seed + env.rank)
+    train_set, val_set = build.transformed(plan.bundle, config)
+    trainer = Trainer(config, distiller, train_set, val_set, num_classes=plan.bundle.num_classes,
+                      run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
+                      resume=plan.resume,
+                      metadata=export_metadata(config, plan.bundle, plan.teacher))
+    return trainer.fit()
+
+
+def run(config: Config, resume: str | None = None) -> RunResult:
+    """Plan and execute a run (the library entry point behind ``transkd train``/``distill``)."""
+    return execute(plan_run(config, resume))

@@ -1,0 +1,549 @@
+"""The one training loop: teacher training, student training and distillation alike.
+
+Every run goes through the :class:`~transkd.distill.Distiller` interface: plain training is the
+method ``none`` (cross-entropy only), distillation adds a frozen teacher and the method's
+adapters. The loop owns what is common to all of them: AdamW over ``distiller.parameters()``
+(student + adapters; the teacher is not a submodule), the learning-rate schedule, mixed
+precision, gradient accumulation, DDP, validation, checkpoints and logs.
+
+Reproducibility: seeds for torch/NumPy/Python; augmentation drawn from a per-sample generator
+seeded by ``[seed, epoch, index]``; the sampler's order a pure function of ``(seed, epoch)``;
+DataLoaders with their own generator so creating an iterator never touches the global RNG.
+A checkpoint holds every RNG state and the data position (epoch + batches consumed), so a
+resumed run on the CPU is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..config import Config
+from ..distill import Distiller
+from ..errors import TranskdError
+from ..weights.io import load_state_strict
+from .checkpoint import (
+    capture_rng_state,
+    export_weights,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .distributed import (
+    DistEnv,
+    EpochIndexedDataset,
+    EpochSampler,
+    ShardSampler,
+    any_true,
+    mean_over_ranks,
+    wrap_ddp,
+)
+from .evaluate import InferenceOptions, evaluate
+from .logging import MetricsLogger, progress_bar
+from .schedule import LRSchedule, ScheduleSpec
+
+
+class NonFiniteLossError(TranskdError):
+    """Training stopped because a loss term became NaN or infinite."""
+
+
+@dataclass
+class RunResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    status: str  # "completed" or "interrupted"
+    steps: int
+    total_steps: int
+    best: dict[str, Any] | None
+    last_val: dict[str, Any] | None
+    teacher_val: dict[str, Any] | None
+    train_seconds: float
+    skipped_steps: int
+    checkpoint: Path | None
+    best_weights: Path | None
+    last_weights: Path | None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Position:
+    """Where the run stands: optimiser steps done, current epoch, batches consumed in it."""
+
+    step: int = 0
+    epoch: int = 0
+    batch: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def determinism(enabled: bool, device: torch.device):
+    """``torch.use_deterministic_algorithms`` for the run's duration (restored afterwards)."""
+    previous = torch.are_deterministic_algorithms_enabled()
+    previous_benchmark = torch.backends.cudnn.benchmark
+    if enabled:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+        torch.backends.cudnn.benchmark = previous_benchmark
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM (cluster pre-emption) like Ctrl-C: save a resumable checkpoint and stop."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    for child in module.modules():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            child.eval()
+
+
+def first_non_finite(terms: dict[str, torch.Tensor]) -> tuple[str, float]:
+    for key, value in terms.items():
+        number = float(value.detach())
+        if not math.isfinite(number):
+            return key, number
+    return "loss", float("nan")
+
+
+class Trainer:
+    """Runs one training job on an assembled Distiller and datasets.
+
+    ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
+    ``metadata`` is written into the exported ``student.safetensors`` (dataset classes, palette,
+    protocol) so the file alone is enough for prediction.
+    """
+
+    def __init__(self, config: Config, distiller: Distiller, train_set, val_set, *,
+                 num_classes: int, run_dir: Path | None, env: DistEnv | None = None,
+                 device: torch.device | str = "cpu", resume: Path | None = None,
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self.distiller = distiller
+        self.train_set = train_set
+        self.val_set = val_set
+        self.num_classes = num_classes
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.env = env or DistEnv()
+        self.device = torch.device(device)
+        self.resume = resume
+        self.metadata = dict(metadata or {})
+        self.is_main = self.env.is_main and self.run_dir is not None
+
+        train = config.train
+        self.batch_size = train.batch_size
+        self.accum = train.grad_accum
+        self.sampler = EpochSampler(len(train_set), seed=train.seed, rank=self.env.rank,
+                                    world_size=self.env.world_size)
+        batches_per_epoch = self.sampler.per_rank // self.batch_size
+        self.steps_per_epoch = batches_per_epoch // self.accum
+        if self.steps_per_epoch < 1:
+            raise TranskdError(f"train.batch_size {self.batch_size} × train.grad_accum {self.accum} "
+                               f"is larger than the {self.sampler.per_rank} training samples per process")
+        self.by_epochs = train.epochs is not None
+        self.total_steps = (train.epochs * self.steps_per_epoch if self.by_epochs
+                            else int(train.iterations))
+        self.amp_dtype = autocast_dtype(train.precision)
+        self.inference = InferenceOptions(mode=config.eval.mode, crop=config.eval.crop,
+                                          stride=config.eval.stride, scales=config.eval.scales,
+                                          flip=config.eval.flip)
+
+    # ------------------------------------------------------------------ set-up
+
+    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+        workers = self.config.train.num_workers
+        common: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda",
+                                      persistent_workers=workers > 0)
+        if workers > 0:
+            common["prefetch_factor"] = 4
+        seed = self.config.train.seed
+        train_loader = DataLoader(EpochIndexedDataset(self.train_set), batch_size=self.batch_size,
+                                  sampler=self.sampler, drop_last=True,
+                                  generator=torch.Generator().manual_seed(seed), **common)
+        val_sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
+        val_loader = DataLoader(self.val_set, batch_size=self.config.eval.batch_size,
+                                sampler=val_sampler, generator=torch.Generator().manual_seed(seed),
+                                **common)
+        return train_loader, val_loader
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        optim = self.config.optim
+        params = [p for p in self.distiller.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                                 weight_decay=optim.weight_decay)
+
+    def _schedule(self, optimizer: torch.optim.Optimizer) -> LRSchedule:
+        cfg = self.config.schedule
+        spec = ScheduleSpec(kind=cfg.kind, total_steps=self.total_steps,
+                            steps_per_epoch=self.steps_per_epoch, power=cfg.power,
+                            horizon=self.config.schedule_horizon(), warmup_iters=cfg.warmup_iters,
+                            warmup_ratio=cfg.warmup_ratio, min_lr_ratio=cfg.min_lr_ratio)
+        return LRSchedule(optimizer, spec)
+
+    # ------------------------------------------------------------------ the run
+
+    def fit(self) -> RunResult:
+        config = self.config
+        with determinism(config.train.deterministic, self.device), sigterm_as_interrupt():
+            return self._fit()
+
+    def _fit(self) -> RunResult:
+        config = self.config
+        distiller = self.distiller.to(self.device)
+        if config.train.channels_last:
+            distiller.to(memory_format=torch.channels_last)
+        if config.train.sync_bn and self.env.enabled:
+            distiller.student = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.student)
+            distiller.methods = nn.SyncBatchNorm.convert_sync_batchnorm(distiller.methods)
+        mean, std = config.protocol.input_normalization()
+        distiller.student.input_mean, distiller.student.input_std = tuple(mean), tuple(std)
+
+        optimizer = self._optimizer()
+        schedule = self._schedule(optimizer)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
+        model = wrap_ddp(distiller, self.env, self.device)
+        train_loader, val_loader = self._loaders()
+        logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=config.train.tensorboard)
+
+        self.position = Position()
+        self.best: dict[str, Any] | None = None
+        self.last_val: dict[str, Any] | None = None
+        self.teacher_val: dict[str, Any] | None = None
+        self.skipped = 0
+        self.elapsed_before = 0.0
+        self.checkpoint_path: Path | None = None
+        self.best_weights: Path | None = None
+        self.last_weights: Path | None = None
+        rng_state = None
+        if self.resume is not None:
+            rng_state = self._load(self.resume, optimizer, schedule, scaler)
+            logger.log("event", self.position.step, event="resumed", checkpoint=str(self.resume),
+                       epoch=self.position.epoch, batch=self.position.batch)
+
+        if (self.teacher_val is None and distiller.teacher is not None
+                and config.distill.eval_teacher):
+            self.teacher_val = self._evaluate(distiller.teacher, val_loader)
+            logger.log("teacher_val", self.position.step, **_public(self.teacher_val))
+
+        if rng_state is not None:
+            restore_rng_state(rng_state)
+        self.rng_at_step = capture_rng_state()
+        start = time.perf_counter()
+        status = "completed"
+        bar = progress_bar(self.total_steps, self.position.step, self.is_main,
+                           f"{distiller.method_name} {getattr(distiller.student, 'model_name', '')}")
+        state = (model, optimizer, schedule, scaler, train_loader, val_loader, logger, bar)
+        try:
+            self._loop(*state, start)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            optimizer.zero_grad(set_to_none=True)
+            if self.is_main:
+                self._save(optimizer, schedule, scaler, start, export=False)
+                logger.log("event", self.position.step, event="interrupted",
+                           checkpoint=str(self.checkpoint_path))
+        finally:
+            bar.close()
+        if status == "completed":
+            if self.last_val is None or self.last_val.get("step") != self.position.step:
+                self._validate(val_loader, logger)
+            if self.is_main:
+                self._save(optimizer, schedule, scaler, start, export=True)
+        seconds = self.elapsed_before + time.perf_counter() - start
+        logger.close()
+        result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
+                           self.last_val, self.teacher_val, seconds, self.skipped,
+                           self.checkpoint_path, self.best_weights, self.last_weights)
+        if self.is_main:
+            self._write_summary(result)
+        return result
+
+    def _loop(self, model, optimizer, schedule, scaler, train_loader, val_loader, logger, bar,
+              start: float) -> None:
+        pos = self.position
+        per_epoch_batches = self.steps_per_epoch * self.accum
+        window: dict[str, float] = defaultdict(float)
+        window_steps = 0
+        while pos.step < self.total_steps:
+            self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.batch_size)
+            batches = iter(train_loader)
+            self._set_train_mode()
+            while pos.batch < per_epoch_batches and pos.step < self.total_steps:
+                stats = self._train_step(model, optimizer, scaler, batches)
+                pos.step += 1
+                pos.batch += self.accum
+                self.rng_at_step = capture_rng_state()  # an interrupt later resumes from here
+                lr = schedule.current_lr()
+                schedule.apply(pos.step)
+                if stats is None:
+                    self.skipped += 1
+                    logger.log("event", pos.step, event="skipped_non_finite", epoch=pos.epoch,
+                               skipped_total=self.skipped)
+                else:
+                    for key, value in stats.items():
+                        window[key] += value
+                    window_steps += 1
+                bar.update(1)
+                if window_steps and (pos.step % self.config.train.log_interval == 0
+                                     or pos.step == self.total_steps):
+                    averages = mean_over_ranks({k: v / window_steps for k, v in window.items()},
+                                               self.env, self.device)
+                    logger.log("train", pos.step, epoch=pos.epoch + pos.batch / per_epoch_batches,
+                               lr=lr, **averages)
+                    bar.set_postfix(loss=f"{averages.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
+                    window.clear()
+                    window_steps = 0
+                if not self.by_epochs:
+                    self._after_interval(pos.step, pos.step == self.total_steps, val_loader, logger,
+                                         optimizer, schedule, scaler, start)
+            if pos.batch >= per_epoch_batches:
+                pos.epoch += 1
+                pos.batch = 0
+                if self.by_epochs:
+                    self._after_interval(pos.epoch, pos.step >= self.total_steps, val_loader,
+                                         logger, optimizer, schedule, scaler, start)
+
+    def _after_interval(self, count: int, final: bool, val_loader, logger, optimizer, schedule,
+                        scaler, start: float) -> None:
+        """Validation and checkpoints every ``val_interval``/``checkpoint_interval`` epochs or
+        iterations; the end of training is handled by :meth:`_fit`."""
+        train = self.config.train
+        if final:
+            return
+        if count % train.val_interval == 0:
+            self._validate(val_loader, logger)
+            self._set_train_mode()
+        if count % train.checkpoint_interval == 0 and self.is_main:
+            self._save(optimizer, schedule, scaler, start, export=True)
+
+    def _set_train_mode(self) -> None:
+        self.distiller.train()
+        if self.config.train.freeze_bn:
+            freeze_batchnorm(self.distiller.student)
+            freeze_batchnorm(self.distiller.methods)
+
+    def _train_step(self, model, optimizer, scaler, batches) -> dict[str, float] | None:
+        """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
+        device, accum = self.device, self.accum
+        sums: dict[str, torch.Tensor] = {}
+        bad: tuple[str, float] | None = None
+        data_time = 0.0
+        step_start = time.perf_counter()
+        autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
+                    else contextlib.nullcontext())
+        for micro in range(accum):
+            fetch = time.perf_counter()
+            batch = next(batches)
+            data_time += time.perf_counter() - fetch
+            images = batch["image"].to(device, non_blocking=True)
+            labels = batch["label"].to(device, non_blocking=True)
+            if self.config.train.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            sync = micro == accum - 1
+            no_sync = model.no_sync() if (self.env.enabled and not sync) else contextlib.nullcontext()
+            with no_sync:
+                with autocast:
+                    out = model(images, labels)
+                terms = {k: v for k, v in out.items() if k != "logits"}
+                finite = bool(torch.isfinite(terms["loss"]).item())
+                if any_true(not finite, self.env, device):
+                    if bad is None:
+                        bad = first_non_finite(terms) if not finite else ("loss (another process)",
+                                                                          float("nan"))
+                    if self.env.enabled and sync:
+                        self._zero_backward(model)  # DDP expects every rank to reduce this step
+                    continue
+                scaler.scale(terms["loss"] / accum).backward()
+            for key, value in terms.items():
+                sums[key] = sums.get(key, 0.0) + value.detach().float() / accum
+        if bad is not None:
+            optimizer.zero_grad(set_to_none=True)
+            if self.config.train.nonfinite == "stop":
+                pos = self.position
+                raise NonFiniteLossError(
+                    f"training stopped: loss term {bad[0]!r} is {bad[1]} at step {pos.step + 1} "
+                    f"(epoch {pos.epoch}, batch {pos.batch}); the last good checkpoint is "
+                    f"{self.checkpoint_path or 'not written yet'} (train.nonfinite=skip skips such steps)")
+            return None
+        if self.config.optim.grad_clip_norm is not None:
+            scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
+                                     self.config.optim.grad_clip_norm)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        keys = list(sums)
+        values = torch.stack([sums[k] for k in keys]).tolist() if keys else []
+        stats = dict(zip(keys, values))
+        stats["step_time"] = time.perf_counter() - step_start
+        stats["data_time"] = data_time
+        stats["images_per_s"] = self.batch_size * accum * self.env.world_size / stats["step_time"]
+        return stats
+
+    def _zero_backward(self, model) -> None:
+        zero = sum(p.sum() * 0.0 for p in model.parameters() if p.requires_grad)
+        zero.backward()
+
+    # ------------------------------------------------------------------ evaluation
+
+    def _evaluate(self, network: nn.Module, loader: DataLoader) -> dict[str, Any]:
+        started = time.perf_counter()
+        metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
+                           inference=self.inference, device=self.device, amp_dtype=self.amp_dtype)
+        metrics["eval_seconds"] = time.perf_counter() - started
+        return metrics
+
+    def _validate(self, loader: DataLoader, logger: MetricsLogger) -> dict[str, Any]:
+        metrics = self._evaluate(self.distiller.student, loader)
+        pos = self.position
+        metrics.update(step=pos.step, epoch=pos.epoch)
+        self.last_val = metrics
+        logger.log("val", pos.step, **_public(metrics))
+        if self.best is None or _better(metrics["miou"], self.best["miou"]):
+            self.best = {k: metrics[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
+            if self.is_main:
+                self.best_weights = self._export("best")
+        return metrics
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def _export(self, which: str) -> Path:
+        meta = dict(self.metadata)
+        meta.update(step=self.position.step, epoch=self.position.epoch)
+        if self.last_val is not None:
+            meta["val_miou"] = _finite_or_none(self.last_val["miou"])
+        adapters = self.distiller.methods if len(self.distiller.methods) else None
+        return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
+
+    def _save(self, optimizer, schedule, scaler, start: float, export: bool) -> None:
+        checkpoint = {
+            "model": self.distiller.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "schedule": schedule.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+            "rng": self.rng_at_step,
+            "position": {"step": self.position.step, "epoch": self.position.epoch,
+                         "batch": self.position.batch},
+            "best": self.best,
+            "teacher_val": _public(self.teacher_val) if self.teacher_val else None,
+            "skipped_steps": self.skipped,
+            "elapsed_seconds": self.elapsed_before + time.perf_counter() - start,
+            "method": self.distiller.method_name,
+        }
+        self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint)
+        if export:
+            self.last_weights = self._export("last")
+
+    def _load(self, path: Path, optimizer, schedule, scaler) -> dict[str, Any]:
+        checkpoint = load_checkpoint(path)
+        if checkpoint.get("method") != self.distiller.method_name:
+            raise TranskdError(f"--resume {path}: the checkpoint was trained with method "
+                               f"{checkpoint.get('method')!r}, this run uses "
+                               f"{self.distiller.method_name!r}")
+        load_state_strict(self.distiller, checkpoint["model"], source=str(path))
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        schedule.load_state_dict(checkpoint["schedule"])
+        if checkpoint.get("scaler") is not None and scaler.is_enabled():
+            scaler.load_state_dict(checkpoint["scaler"])
+        position = checkpoint["position"]
+        self.position = Position(int(position["step"]), int(position["epoch"]), int(position["batch"]))
+        self.best = checkpoint.get("best")
+        self.teacher_val = checkpoint.get("teacher_val")
+        self.skipped = int(checkpoint.get("skipped_steps", 0))
+        self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        self.checkpoint_path = Path(path)
+        return checkpoint["rng"]
+
+    def _write_summary(self, result: RunResult) -> None:
+        summary = {
+            "status": result.status,
+            "steps": result.steps,
+            "total_steps": result.total_steps,
+            "train_seconds": round(result.train_seconds, 3),
+            "skipped_steps": result.skipped_steps,
+            "best": result.best,
+            "last_val": _public(result.last_val) if result.last_val else None,
+            "teacher_val": _public(result.teacher_val) if result.teacher_val else None,
+            "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+            "best_weights": str(result.best_weights) if result.best_weights else None,
+            "last_weights": str(result.last_weights) if result.last_weights else None,
+            **{k: v for k, v in self.metadata.items() if k not in ("palette",)},
+        }
+        text = json.dumps(_json_clean(summary), indent=2)
+        (self.run_dir / "summary.json").write_text(text + "\n", encoding="utf-8")
+
+
+def _public(metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """Metrics without the confusion tensor (JSON-able); the matrix goes in as nested lists."""
+    if metrics is None:
+        return {}
+    out = {k: v for k, v in metrics.items() if k != "confusion"}
+    confusion = metrics.get("confusion")
+    if isinstance(confusion, torch.Tensor):
+        out["confusion"] = confusion.tolist()
+    return out
+
+
+def _better(value: float, best: float) -> bool:
+    if math.isnan(value):
+        return False
+    return math.isnan(best) or value > best
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if isinstance(value, float) and math.isfinite(value) else None
+
+
+def _json_clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _json_clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_clean(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
