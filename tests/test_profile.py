@@ -123,7 +123,7 @@ def test_profile_model_small_input_keys_and_mode() -> None:
 @pytest.mark.parametrize("name, classes, size, message", [
     ("mit_b0", 3, (64, 64), "unknown segmentation model"),
     ("segformer_b0", 3, (0, 64), "positive"),
-    ("segformer_b0", 3, (8, 8), "cannot run on input size 8x8"),
+    ("segformer_b0", 3, (8, 8), "failed on input size 8x8"),
 ])
 def test_profile_model_rejects_bad_input(name, classes, size, message) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -29,9 +29,13 @@ LEARNING_RATE = 1e-3
 SEED = 0
 
 
-@functools.lru_cache(maxsize=2)
 def teacher_model(seed: int = SEED) -> torch.nn.Module:
     """The frozen teacher of the case (built once per process; methods must never change it)."""
+    return _cached_teacher(int(seed))
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_teacher(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     return create_model(TEACHER, num_classes=CLASSES, drop_path_rate=0.0, dropout=0.0)
 

@@ -29,7 +29,7 @@ def two_pixel_logits(temperature: float) -> tuple[torch.Tensor, torch.Tensor, fl
 @pytest.mark.parametrize("temperature", [1.0, 2.0, 4.0])
 def test_pixelwise_kl_hand_computed(temperature):
     student, teacher, expected = two_pixel_logits(temperature)
-    assert pixelwise_kl(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-6)
+    assert pixelwise_kl(student, teacher, temperature).item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_pixelwise_kl_value_at_t1():

@@ -3,7 +3,8 @@
 Importing this package imports every method module, which registers its methods.
 """
 
-from . import transkd  # noqa: F401  (registers transkd_base/gl/ea, csf_only, pea_only)
+# Method modules: importing one registers its methods (see ``registry.register_method``).
+from . import cwd, dist, fitnet, ifvd, kd, review_kd, skd, transkd  # noqa: F401
 from .base import DistillContext, Distiller, DistillMethod, NetworkInfo, cross_entropy_loss, freeze
 from .registry import create_distiller, get_method, list_methods, register_method
 

@@ -71,7 +71,7 @@ def reverse_gradient(x: torch.Tensor) -> torch.Tensor:
 
 class WassersteinCritic(nn.Module):
     """Small spectrally normalised conv critic: three stride-2 3×3 convs with LeakyReLU, then
-    a 3×3 conv to one channel averaged over space → one score per image."""
+    a bias-free 3×3 conv to one channel averaged over space → one score per image."""
 
     def __init__(self, in_channels: int, width: int = 64) -> None:
         super().__init__()
@@ -81,7 +81,8 @@ class WassersteinCritic(nn.Module):
             layers += [spectral_norm(nn.Conv2d(channels, width * multiple, 3, stride=2, padding=1)),
                        nn.LeakyReLU(0.2)]
             channels = width * multiple
-        layers.append(spectral_norm(nn.Conv2d(channels, 1, 3, padding=1)))
+        # no bias: a constant offset cancels in D(student) − D(teacher) and would never train
+        layers.append(spectral_norm(nn.Conv2d(channels, 1, 3, padding=1, bias=False)))
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

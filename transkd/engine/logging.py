@@ -43,9 +43,10 @@ class MetricsLogger:
 
                 self._writer = SummaryWriter(log_dir=str(Path(run_dir) / "tensorboard"))
 
-    def log(self, kind: str, step: int, **values: Any) -> None:
+    def log(self, kind: str, step: int, /, **values: Any) -> None:
         if not self.enabled:
             return
+        values.pop("step", None)
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
         self._file.write(json.dumps(_json_safe(record)) + "\n")
         self._file.flush()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -72,16 +72,17 @@ class SegmentationDataset(Dataset, ABC):
             self[i]
         return len(self)
 
+    def labels(self) -> Iterator[np.ndarray]:
+        """Every label map in order; file datasets skip decoding the images."""
+        for i in range(len(self)):
+            yield self[i].label
+
     def class_pixel_counts(self) -> np.ndarray:
         """Pixels per class over the split (int64, length K) — for frequencies and class weights."""
         counts = np.zeros(self.num_classes, dtype=np.int64)
-        for i in range(len(self)):
-            counts += self._label_counts(self[i].label)
+        for label in self.labels():
+            counts += np.bincount(label.ravel(), minlength=256)[: self.num_classes]
         return counts
-
-    def _label_counts(self, label: np.ndarray) -> np.ndarray:
-        hist = np.bincount(label.ravel(), minlength=256)
-        return hist[: self.num_classes]
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}(name={self.name!r}, split={self.split!r}, "
@@ -159,11 +160,9 @@ class FilePairDataset(SegmentationDataset):
             check_same_size(image_size, label_size, pair)
         return len(self.pairs)
 
-    def class_pixel_counts(self) -> np.ndarray:
-        counts = np.zeros(self.num_classes, dtype=np.int64)
+    def labels(self) -> Iterator[np.ndarray]:
         for pair in self.pairs:
-            counts += self._label_counts(self._read_label(pair, None))
-        return counts
+            yield self._read_label(pair, None)
 
     @property
     def names(self) -> list[str]:

@@ -76,7 +76,8 @@ class ClassesSpec:
             raise ConfigError(f"'mask_format' in {path} must be 'index' or 'color', "
                               f"got {self.mask_format!r}")
         ignore_color = data.get("ignore_color")
-        self.ignore_color = None if ignore_color is None else _color(ignore_color, f"'ignore_color' in {path}")
+        self.ignore_color = (None if ignore_color is None
+                             else _color(ignore_color, f"'ignore_color' in {path}"))
         if self.mask_format == "color":
             used = list(self.colors) + ([self.ignore_color] if self.ignore_color else [])
             if len(set(used)) != len(used):

@@ -32,11 +32,19 @@ for _cls, _low, _fine in ((ROAD, 0.07, 0.06), (SIDEWALK, 0.05, 0.05), (BUILDING,
 _CAR_COLORS = np.array([[0.85, 0.85, 0.85], [0.1, 0.1, 0.1], [0.5, 0.5, 0.52], [0.65, 0.1, 0.1],
                         [0.1, 0.2, 0.55], [0.25, 0.3, 0.28], [0.8, 0.7, 0.2], [0.9, 0.9, 0.8]],
                        dtype=np.float32)
+_SKY_TOPS = ((0.3, 0.5, 0.85), (0.6, 0.65, 0.7), (0.75, 0.6, 0.5), (0.45, 0.6, 0.8))
+_HAZE = np.array([0.85, 0.87, 0.9], dtype=np.float32)
 _SIGN_STYLES = (  # (face, border)
     ((0.95, 0.95, 0.95), (0.8, 0.05, 0.05)), ((0.1, 0.3, 0.75), (0.95, 0.95, 0.95)),
     ((0.95, 0.8, 0.1), (0.1, 0.1, 0.1)), ((0.1, 0.5, 0.25), (0.95, 0.95, 0.95)),
     ((0.85, 0.1, 0.1), (0.95, 0.95, 0.95)),
 )
+
+
+def _frac(x: np.ndarray, period: float) -> np.ndarray:
+    """Position within a repeating pattern of ``period`` (0..1); cheaper than ``np.mod``."""
+    y = x * np.float32(1.0 / period)
+    return y - np.floor(y)
 
 
 @dataclass
@@ -84,7 +92,9 @@ class StreetRenderer:
         self._objects(cam, rng, label, image)
         self._ego_vehicle(rng, label, image)
         self._finish(rng, label, image)
-        return (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8), label
+        image *= np.float32(255.0)
+        np.clip(image, 0.0, 255.0, out=image)
+        return image.astype(np.uint8), label
 
     def _camera(self, rng: np.random.Generator) -> Camera:
         h, w = self.height, self.width
@@ -137,7 +147,8 @@ class StreetRenderer:
             r = rng.random(n)
             kinds = np.where(r < 0.6, BUILDING, np.where(r < 0.85, VEGETATION, FENCE)).astype(np.uint8)
             heights = np.where(kinds == BUILDING, rng.uniform(6.0, 28.0, n),
-                               np.where(kinds == VEGETATION, rng.uniform(1.5, 7.0, n), rng.uniform(1.0, 2.2, n)))
+                               np.where(kinds == VEGETATION, rng.uniform(1.5, 7.0, n),
+                                        rng.uniform(1.0, 2.2, n)))
             idx = np.minimum(np.searchsorted(bounds, dist[side]), n - 1)
             height_m[side] = heights[idx]
             kind[side] = kinds[idx]
@@ -149,52 +160,55 @@ class StreetRenderer:
         mask = (self.rows >= top[None, :]) & (self.rows <= base[None, :])
         np.copyto(label, np.broadcast_to(kind[None, :], label.shape), where=mask)
         up = (base[None, :] - self.rows) / (s_col * cam.ppm)[None, :]     # metres above the base
-        return {"mask": mask, "kind": kind, "seg": seg_id, "dist": dist, "up": up}
+        return {"mask": mask, "kind": kind, "seg": seg_id, "dist": dist, "up": up, "offset": offset}
 
     def _base_colors(self, cam: Camera, rng: np.random.Generator, label: np.ndarray,
                      ground: dict[str, np.ndarray], facade: dict[str, np.ndarray]) -> np.ndarray:
+        """Colours of the background layers. Patterns are built as one (H, W) shade factor with
+        arithmetic on boolean masks, which is much cheaper than masked writes into (H, W, 3)."""
         lut = np.zeros((256, 3), dtype=np.float32)
-        asphalt = rng.uniform(0.22, 0.45)
-        lut[ROAD] = asphalt * rng.uniform(0.92, 1.08, 3)
+        lut[ROAD] = rng.uniform(0.22, 0.45) * rng.uniform(0.92, 1.08, 3)
         lut[SIDEWALK] = rng.uniform(0.45, 0.7) * rng.uniform(0.9, 1.1, 3)
         lut[VEGETATION] = (rng.uniform(0.15, 0.35), rng.uniform(0.3, 0.5), rng.uniform(0.08, 0.2))
         lut[BUILDING] = rng.uniform(0.35, 0.6) * rng.uniform(0.85, 1.15, 3)
         lut[FENCE] = rng.uniform(0.35, 0.6) * rng.uniform(0.85, 1.15, 3)
-        sky_top = np.array(rng.choice([[0.3, 0.5, 0.85], [0.6, 0.65, 0.7], [0.75, 0.6, 0.5]]), np.float32)
-        haze = np.array([0.85, 0.87, 0.9], dtype=np.float32)
-        image = lut[label]
-        # Sky: gradient to a haze at the horizon; far skyline tinted by the same haze.
+        image = np.take(lut, label, axis=0)
+        # Sky: a gradient from the zenith colour to a haze at the horizon.
+        sky_top = np.array(_SKY_TOPS[rng.integers(len(_SKY_TOPS))], np.float32)
         t = np.clip(self.rows / max(cam.horizon, 1.0), 0.0, 1.0)[..., None]
-        sky = sky_top * (1 - t) + haze * t
-        is_sky = label == SKY
-        np.copyto(image, np.broadcast_to(sky, image.shape), where=is_sky[..., None])
-        # Facades: a colour per segment, window grids in facade coordinates (metres).
+        np.copyto(image, np.broadcast_to(sky_top * (1 - t) + _HAZE * t, image.shape),
+                  where=(label == SKY)[..., None])
+        # Facades: one colour per segment; window grids and fence slats in metres on the facade.
         segments = int(facade["seg"].max()) + 1
-        seg_colors = rng.uniform(0.25, 0.75, size=(segments, 1)) * rng.uniform(0.8, 1.2, size=(segments, 3))
-        col_color = seg_colors[facade["seg"]].astype(np.float32)
+        seg_colors = (rng.uniform(0.25, 0.75, size=(segments, 1))
+                      * rng.uniform(0.8, 1.2, size=(segments, 3))).astype(np.float32)
         building = facade["mask"] & (label == BUILDING)
+        np.copyto(image, np.broadcast_to(np.take(seg_colors, facade["seg"], axis=0), image.shape),
+                  where=building[..., None])
         up, along = facade["up"], facade["dist"][None, :]
-        windows = (building & (up > 1.0) & (np.mod(up, 3.2) > 1.1) & (np.mod(up, 3.2) < 2.4)
-                   & (np.mod(along, 3.5) > 1.2))
-        np.copyto(image, np.broadcast_to(col_color[None, :, :], image.shape), where=building[..., None])
-        image[windows] = image[windows] * 0.35 + np.float32(0.12)
-        fence = facade["mask"] & (label == FENCE)
-        slats = fence & (np.mod(np.broadcast_to(along, fence.shape), 0.6) < 0.2)
-        image[slats] *= 0.6
-        # Road markings (dashed centre line, solid edge lines) and sidewalk paving joints.
+        row_band, column_band = _frac(up, 3.2), _frac(along, 3.5)
+        # No windows where a 3.5 m bay spans under ~3 px on the receding facade (foreshortening
+        # f * offset * 3.5 / d^2): there they would only alias into stripes.
+        near = along * along < (cam.ppm * cam.z0 * 1.2) * facade["offset"][None, :]
+        windows = building & near & (up > 1.0) & (row_band > 0.34) & (row_band < 0.75) & (column_band > 0.34)
+        slats = facade["mask"] & (label == FENCE) & (_frac(along, 0.6) < 0.33)
+        # Road markings (dashed lane line, solid edge lines) and sidewalk paving joints.
         lateral, dist = ground["lateral"], ground["distance"]
-        lane = cam.road * rng.choice([0.5, 0.33, 0.67])
-        marks = ground["road"] & (((np.abs(lateral - lane) < 0.08) & (np.mod(dist, 9.0) < 3.0))
+        lane = cam.road * (0.33, 0.5, 0.67)[rng.integers(3)]
+        marks = ground["road"] & (((np.abs(lateral - lane) < 0.08) & (_frac(dist, 9.0) < 0.33))
                                   | (np.abs(lateral - 0.25) < 0.08)
                                   | (np.abs(lateral - (cam.road - 0.25)) < 0.08))
-        image[marks] = rng.uniform(0.75, 0.95) * np.array([1.0, 1.0, rng.uniform(0.6, 1.0)], np.float32)
-        joints = (label == SIDEWALK) & ((np.mod(dist, 1.2) < 0.12) | (np.mod(lateral, 1.2) < 0.1))
-        image[joints] *= 0.8
-        # A shadow band across the ground (image only): light comes from one side.
+        mark_color = rng.uniform(0.75, 0.95) * np.array([1.0, 1.0, rng.uniform(0.6, 1.0)], np.float32)
+        np.copyto(image, mark_color, where=marks[..., None])
+        joints = (label == SIDEWALK) & ((_frac(dist, 1.2) < 0.1) | (_frac(lateral, 1.2) < 0.08))
+        shade = 1.0 - np.float32(0.6) * windows - np.float32(0.4) * slats - np.float32(0.2) * joints
+        # A shadow over part of the ground (image only): light comes from one side.
         if rng.random() < 0.5:
             edge = rng.uniform(-2.0, cam.road + 2.0) + rng.uniform(-0.1, 0.1) * dist
-            shade = ground["below"] & (lateral < edge if rng.random() < 0.5 else lateral > edge)
-            image[shade & (label != BUILDING)] *= rng.uniform(0.45, 0.75)
+            side = (lateral < edge) if rng.random() < 0.5 else (lateral > edge)
+            shadow = ground["below"] & side & (label != BUILDING)
+            shade *= 1.0 - np.float32(rng.uniform(0.25, 0.55)) * shadow
+        image *= shade[..., None]
         return image
 
     # -- objects -----------------------------------------------------------------------------
@@ -271,7 +285,8 @@ class StreetRenderer:
         c = np.abs(u - 0.5)
         roof = rng.uniform(0.35, 0.5)
         cabin_half = 0.5 - 0.16 * (roof - v) / roof - 0.04
-        mask = np.broadcast_to((v >= roof) & (c <= 0.5), (hh, ww)) | ((v < roof) & (v > 0.03) & (c <= cabin_half))
+        body = np.broadcast_to((v >= roof) & (c <= 0.5), (hh, ww))
+        mask = body | ((v < roof) & (v > 0.03) & (c <= cabin_half))
         color = np.broadcast_to(_CAR_COLORS[rng.integers(len(_CAR_COLORS))] * rng.uniform(0.85, 1.1),
                                 (hh, ww, 3)).copy()
         color[(v > 0.08) & (v < roof - 0.03) & (c < cabin_half - 0.06)] = (0.1, 0.12, 0.16)   # glass
@@ -382,14 +397,14 @@ class StreetRenderer:
         image[mask] = rng.uniform(0.05, 0.4) * rng.uniform(0.8, 1.2, 3)
 
     def _finish(self, rng: np.random.Generator, label: np.ndarray, image: np.ndarray) -> None:
-        """Class textures, then lighting (gain, colour cast, vertical falloff) and sensor noise."""
+        """Class textures, then lighting (gain, colour cast, vertical falloff) and sensor grain."""
         low = self._smooth_noise(rng, cell=8)
-        fine = rng.standard_normal((self.height, self.width), dtype=np.float32)
-        texture = 1.0 + _LOW_AMP[label] * low + _FINE_AMP[label] * fine
-        light = rng.uniform(0.55, 1.35) * rng.uniform(0.85, 1.15, 3).astype(np.float32)
-        falloff = 1.0 + rng.uniform(-0.2, 0.2) * (self.rows / self.height - 0.5)
-        image *= (texture * falloff)[..., None] * light
-        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(0.012)
+        grain = rng.random((self.height, self.width), dtype=np.float32) - np.float32(0.5)
+        texture = 1.0 + np.take(_LOW_AMP, label) * low + np.take(_FINE_AMP, label) * (grain * 3.0)
+        falloff = 1.0 + np.float32(rng.uniform(-0.2, 0.2)) * (self.rows / self.height - 0.5)
+        gain = (rng.uniform(0.55, 1.35) * rng.uniform(0.85, 1.15, 3)).astype(np.float32)
+        image *= (texture * falloff)[..., None]
+        image *= gain
 
     def _smooth_noise(self, rng: np.random.Generator, cell: int) -> np.ndarray:
         """Bilinearly upsampled Gaussian noise: blotches about ``cell`` pixels wide."""
@@ -398,5 +413,5 @@ class StreetRenderer:
         ys, xs = self.rows[:, 0] / cell, self.cols[0] / cell
         y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
         fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-        rows = grid[y0] * (1 - fy) + grid[y0 + 1] * fy
-        return rows[:, x0] * (1 - fx) + rows[:, x0 + 1] * fx
+        rows = np.take(grid, y0, axis=0) * (1 - fy) + np.take(grid, y0 + 1, axis=0) * fy
+        return np.take(rows, x0, axis=1) * (1 - fx) + np.take(rows, x0 + 1, axis=1) * fx

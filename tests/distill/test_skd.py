@@ -1,0 +1,102 @@
+import pytest
+import torch
+from baseline_helpers import (
+    CLASSES,
+    TEACHER_WIDTHS,
+    assert_matches_pinned,
+    assert_scalar_terms,
+    backward_and_collect,
+    build_method,
+    fake_context,
+)
+
+from transkd.distill import skd  # noqa: F401  (registers "skd")
+from transkd.distill.kd import pixelwise_kl
+from transkd.distill.skd import critic_input, node_similarity, pairwise_similarity_loss
+from transkd.errors import ConfigError
+
+
+def test_nodes_are_a_pooled_grid_with_unit_self_similarity():
+    feature = torch.randn(2, 5, 8, 6)
+    sim = node_similarity(feature, 0.5)                  # 4×3 nodes → 2×2 grid
+    assert sim.shape == (2, 4, 4)
+    assert torch.allclose(torch.diagonal(sim, dim1=1, dim2=2), torch.ones(2, 4), atol=1e-6)
+    assert torch.allclose(sim, sim.transpose(1, 2))
+    assert node_similarity(torch.randn(1, 5, 3, 3), 0.5).shape == (1, 9, 9)   # 1×1 nodes
+    assert node_similarity(torch.randn(1, 5, 1, 1), 0.5).shape == (1, 1, 1)
+
+
+def test_pair_loss_ignores_width_and_scale():
+    teacher = torch.randn(2, 8, 6, 6)
+    wider_copy = torch.cat([teacher, teacher], dim=1) * 3.0     # twice the width, same directions
+    assert pairwise_similarity_loss(wider_copy, teacher).item() == pytest.approx(0, abs=1e-6)
+    assert pairwise_similarity_loss(torch.randn(2, 4, 6, 6), teacher).item() > 0
+
+
+def test_default_terms_and_weights():
+    method = build_method("skd")
+    opts = method.options
+    assert (opts.pair_weight, opts.pixel_weight, opts.temperature) == (1.0, 10.0, 1.0)
+    assert (opts.pool_scale, opts.stage, opts.holistic) == (0.5, 4, False)
+    assert method.critic is None and not list(method.parameters())
+    ctx = fake_context()
+    terms = backward_and_collect(method, ctx)
+    assert_scalar_terms(terms, {"skd_pair", "skd_pixel"})
+    pair = pairwise_similarity_loss(ctx.student.features[3], ctx.teacher.features[3], 0.5)
+    assert terms["skd_pair"].item() == pytest.approx(pair.item(), rel=1e-6)
+    pixel = 10.0 * pixelwise_kl(ctx.student.logits, ctx.teacher.logits)
+    assert terms["skd_pixel"].item() == pytest.approx(pixel.item(), rel=1e-6)
+    assert ctx.student.features[3].grad.abs().sum() > 0 and ctx.student.logits.grad.abs().sum() > 0
+
+
+def test_zero_when_student_equals_teacher():
+    method = build_method("skd", student_widths=TEACHER_WIDTHS, holistic=True)
+    terms = method.loss_terms(fake_context(student_is_teacher=True))
+    assert_scalar_terms(terms, {"skd_pair", "skd_pixel", "skd_holistic"})
+    for name, value in terms.items():
+        assert value.item() == pytest.approx(0, abs=1e-5), name
+
+
+def test_holistic_critic_learns_against_the_student_through_reversed_gradients():
+    method = build_method("skd", holistic=True, holistic_weight=0.5, pair_weight=0, pixel_weight=0)
+    method.eval()        # spectral norm stops its power iteration: repeated calls agree exactly
+    assert method.critic.net[0].in_channels == CLASSES + 3
+    ctx = fake_context()
+    term = method.loss_terms(ctx)["skd_holistic"]
+    term.backward()
+    via_reversal = ctx.student.logits.grad.clone()
+    critic_grads = {n: p.grad.clone() for n, p in method.critic.named_parameters()}
+    assert all(g.abs().sum() > 0 for g in critic_grads.values())
+
+    # the critic descends w·(D(s) − D(t)); the student descends the generator loss −w·D(s)
+    method.zero_grad()
+    ctx.student.logits.grad = None
+    fake = method.critic(critic_input(ctx.student.logits, ctx.images))
+    real = method.critic(critic_input(ctx.teacher.logits, ctx.images))
+    critic_loss = 0.5 * (fake.mean() - real.mean())
+    assert critic_loss.item() == pytest.approx(term.item(), rel=1e-5, abs=1e-7)
+    critic_loss.backward(inputs=list(method.critic.parameters()))
+    for name, param in method.critic.named_parameters():
+        assert torch.allclose(param.grad, critic_grads[name], rtol=1e-4, atol=1e-7), name
+    generator_loss = -0.5 * method.critic(critic_input(ctx.student.logits, ctx.images)).mean()
+    (generator_grad,) = torch.autograd.grad(generator_loss, ctx.student.logits)
+    assert torch.allclose(via_reversal, generator_grad, rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"pool_scale": 0.0}, "pool_scale"),
+    ({"pool_scale": 1.5}, "pool_scale"),
+    ({"temperature": -1}, "temperature"),
+    ({"pair_weight": -1}, "pair_weight"),
+    ({"stage": 0}, "counts stages from 1"),
+    ({"stage": 5}, "beyond"),
+    ({"holistic": "yes"}, "true or false"),
+    ({"critic_width": 0}, "critic_width"),
+])
+def test_invalid_options_are_rejected(options, message):
+    with pytest.raises(ConfigError, match=message):
+        build_method("skd", **options)
+
+
+def test_matches_pinned_values():
+    assert_matches_pinned("skd")

@@ -1,0 +1,101 @@
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from transkd.engine.checkpoint import (
+    capture_rng_state,
+    load_checkpoint,
+    resolve_resume,
+    restore_rng_state,
+    save_checkpoint,
+)
+from transkd.errors import CheckpointError
+
+
+def _checkpoint(model: torch.nn.Module) -> dict:
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    return {"model": model.state_dict(), "optimizer": opt.state_dict(), "schedule": {"step": 1},
+            "rng": capture_rng_state(), "position": {"step": 1, "epoch": 0, "batch": 1},
+            "best": {"miou": 0.5, "iou": [0.5, float("nan")]}}
+
+
+def test_checkpoint_round_trips_with_weights_only_loading(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "ckpt" / "last.pt", _checkpoint(model))
+    data = load_checkpoint(path)
+    assert torch.equal(data["model"]["weight"], model.weight)
+    assert data["position"] == {"step": 1, "epoch": 0, "batch": 1}
+    assert isinstance(data["rng"]["numpy"]["keys"], list)
+    assert not list(tmp_path.joinpath("ckpt").glob(".*tmp"))  # no temp file left behind
+
+
+def test_rng_states_restore_exactly():
+    state = capture_rng_state()
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    restore_rng_state(state)
+    again = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(expected[0], again[0])
+    assert np.array_equal(expected[1], again[1])
+    assert expected[2] == again[2]
+
+
+def test_non_finite_weights_are_never_written_and_the_old_checkpoint_survives(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "last.pt", _checkpoint(model))
+    before = path.read_bytes()
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(CheckpointError, match="not finite"):
+        save_checkpoint(path, _checkpoint(model))
+    assert path.read_bytes() == before
+
+
+def test_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = torch.nn.Linear(3, 2)
+    path = save_checkpoint(tmp_path / "last.pt", _checkpoint(model))
+    before = path.read_bytes()
+
+    def broken_save(obj, target):
+        with open(target, "wb") as fh:
+            fh.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint(path, _checkpoint(model))
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("unpickled code ran",))
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"format": "transkd-train-checkpoint", "x": _Evil()}, fh, protocol=2)
+    with pytest.raises(CheckpointError):
+        load_checkpoint(path)
+
+
+def test_foreign_file_is_not_a_training_checkpoint(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a transkd training checkpoint"):
+        load_checkpoint(path)
+
+
+def test_resolve_resume(tmp_path):
+    assert resolve_resume(None, tmp_path) is None
+    assert resolve_resume("auto", tmp_path) is None
+    (tmp_path / "last.pt").write_bytes(b"x")
+    assert resolve_resume("auto", tmp_path) == tmp_path / "last.pt"
+    with pytest.raises(CheckpointError, match="no checkpoint file"):
+        resolve_resume(str(tmp_path / "missing.pt"), tmp_path)

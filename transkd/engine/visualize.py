@@ -1,0 +1,133 @@
+"""Pictures of a run: colour masks in the dataset palette, overlays, loss and mIoU curves."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+#: Colour of ignored pixels (void) in masks.
+VOID_COLOR = (0, 0, 0)
+
+
+def colorize(label: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
+    """(H, W) class ids → (H, W, 3) uint8 RGB; ids outside the palette are drawn as void."""
+    table = np.zeros((256, 3), dtype=np.uint8)
+    table[: len(palette)] = np.asarray(palette, dtype=np.uint8)
+    table[ignore_index] = VOID_COLOR
+    return table[np.asarray(label, dtype=np.uint8)]
+
+
+def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """Blend a colour mask over an RGB image of the same size."""
+    mixed = (1 - alpha) * image.astype(np.float32) + alpha * mask.astype(np.float32)
+    return mixed.clip(0, 255).astype(np.uint8)
+
+
+@torch.no_grad()
+def predict_label(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int],
+                  num_classes: int) -> np.ndarray:
+    """Class ids at ``out_size`` for one transformed image (3, H, W); extra outputs (void) ignored."""
+    was_training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        logits = model(image.unsqueeze(0).to(device))
+        logits = F.interpolate(logits[:, :num_classes].float(), size=out_size, mode="bilinear",
+                               align_corners=False)
+    finally:
+        model.train(was_training)
+    return logits.argmax(1)[0].to(torch.uint8).cpu().numpy()
+
+
+def save_predictions(models: Mapping[str, nn.Module], raw_dataset, transformed_dataset,
+                     indices: Sequence[int], out_dir: str | Path, palette, num_classes: int,
+                     ignore_index: int = 255) -> list[Path]:
+    """For each sample: the image, its ground truth and every model's prediction as colour masks
+    and overlays (``<sample>_<model>_mask.png``/``_overlay.png``), plus one ``grid.png``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    rows = []
+    for index in indices:
+        sample = raw_dataset[index]
+        image, size = sample.image, sample.label.shape[:2]
+        tensor = transformed_dataset[index]["image"]
+        truth = colorize(sample.label, palette, ignore_index)
+        row = [("image", image), ("ground truth", truth)]
+        for label, path in ((f"{sample.name}_image.png", image), (f"{sample.name}_truth.png", truth)):
+            Image.fromarray(path).save(out_dir / label)
+            written.append(out_dir / label)
+        for name, model in models.items():
+            mask = colorize(predict_label(model, tensor, size, num_classes), palette, ignore_index)
+            for kind, picture in (("mask", mask), ("overlay", overlay(image, mask))):
+                path = out_dir / f"{sample.name}_{name}_{kind}.png"
+                Image.fromarray(picture).save(path)
+                written.append(path)
+            row.append((name, mask))
+        rows.append(row)
+    if rows:
+        written.append(_grid(rows, out_dir / "grid.png"))
+    return written
+
+
+def _grid(rows: list[list[tuple[str, np.ndarray]]], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = len(rows[0])
+    height, width = rows[0][0][1].shape[:2]
+    panel = 1.8  # inches per panel height
+    fig, axes = plt.subplots(len(rows), cols, squeeze=False,
+                             figsize=(cols * panel * width / height, len(rows) * panel + 0.4))
+    for r, row in enumerate(rows):
+        for c, (title, picture) in enumerate(row):
+            ax = axes[r][c]
+            ax.imshow(picture)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(runs: Mapping[str, list[dict[str, Any]]], path: str | Path) -> Path:
+    """Training loss and validation mIoU against optimiser steps, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name, records in runs.items():
+        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
+        val = [(r["step"], 100 * r["miou"]) for r in records
+               if r.get("kind") == "val" and isinstance(r.get("miou"), float) and math.isfinite(r["miou"])]
+        if train:
+            loss_ax.plot(*zip(*train), label=name)
+        if val:
+            miou_ax.plot(*zip(*val), marker="o", markersize=3, label=name)
+    loss_ax.set(xlabel="optimiser step", ylabel="training loss (CE + distillation terms)",
+                title="training loss")
+    miou_ax.set(xlabel="optimiser step", ylabel="val mIoU (%)", title="validation mIoU")
+    for ax in (loss_ax, miou_ax):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
