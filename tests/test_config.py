@@ -129,17 +129,22 @@ def test_presets_exist_for_every_dataset_of_the_paper_and_camvid():
                      "cityscapes/transkd_gl_b2-b0_paper1000e.yaml",
                      "cityscapes/transkd_ea_b2-b0_paper1000e.yaml",
                      "acdc/transkd_ea_b2-b0_paper1000e.yaml",
-                     "camvid/kd_b2-b0_cpu.yaml", "camvid/cwd_b2-b0_cpu.yaml",
-                     "camvid/review_kd_b2-b0_cpu.yaml"):
+                     "cityscapes/student_b0_paper500e.yaml",
+                     "camvid/teacher_b2_cpu40e.yaml", "camvid/student_b0_cpu40e.yaml",
+                     "camvid/transkd_base_b2-b0_cpu40e.yaml", "camvid/kd_b2-b0_cpu40e.yaml",
+                     "camvid/cwd_b2-b0_cpu40e.yaml", "camvid/review_kd_b2-b0_cpu40e.yaml"):
         assert expected in names, expected
 
 
 @pytest.mark.parametrize("path", _presets(), ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_every_preset_loads_and_validates(path):
     config = load_config(path)
-    parts = path.stem.split("_")
     assert path.parent.name == config.data.name
+    assert config.output.dir == f"runs/{config.data.name}/{path.stem}"
+    student = config.model.name.removeprefix("segformer_")
     if config.method_names:
-        assert path.stem.startswith(config.distill.method + "_")
+        teacher = config.teacher.name.removeprefix("segformer_")
+        assert path.stem.startswith(f"{config.distill.method}_{teacher}-{student}_")
         assert config.teacher.weights is not None
-    assert parts[-1]  # schedule tag
+    else:
+        assert path.stem.split("_")[1] == student

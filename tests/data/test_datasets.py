@@ -160,7 +160,8 @@ def test_size_mismatch(tmp_path):
     make_camvid(tmp_path)
     write_label(tmp_path / "trainannot" / "a_001.png", [1], size=(H, W // 2))
     ds = build_dataset("camvid", tmp_path)
-    with pytest.raises(DatasetError, match=r"label .*a_001\.png is 32x32 but its image .*a_001\.png is 64x32"):
+    message = r"label .*a_001\.png is 32x32 but its image .*a_001\.png is 64x32"
+    with pytest.raises(DatasetError, match=message):
         ds[ds.names.index("a_001")]
     with pytest.raises(DatasetError, match="a_001"):
         ds.validate()
@@ -414,3 +415,29 @@ def test_folder_missing_classes_file_and_masks(tmp_path):
     (tmp_path / "masks").mkdir()
     with pytest.raises(DatasetError, match="holds no images"):
         build_dataset("folder", tmp_path, split="all")
+
+
+# ----------------------------------------------------------------------------- base contract
+
+def test_validate_checks_the_sample_contract_of_any_dataset():
+    from transkd.data import Sample, SegmentationDataset
+
+    class TwoClasses(SegmentationDataset):
+        name = "two"
+        class_names = ("a", "b")
+        palette = ((0, 0, 0), (255, 255, 255))
+
+        def __init__(self, value):
+            super().__init__("train")
+            self.value = value
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, index):
+            return Sample(np.zeros((4, 4, 3), np.uint8), np.full((4, 4), self.value, np.uint8), f"s{index}")
+
+    assert TwoClasses(1).validate() == 2 and TwoClasses(255).validate() == 2
+    assert TwoClasses(1).class_pixel_counts().tolist() == [0, 32]
+    with pytest.raises(DatasetError, match="sample 's0' of two: label value 2"):
+        TwoClasses(2).validate()

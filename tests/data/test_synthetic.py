@@ -14,7 +14,8 @@ from transkd.errors import ConfigError, DatasetError
 
 def test_defaults_and_sample_format():
     ds = build_dataset("synthetic")
-    assert (ds.name, ds.split, len(ds), ds.num_classes, ds.ignore_index) == ("synthetic", "train", 1000, 10, 255)
+    summary = (ds.name, ds.split, len(ds), ds.num_classes, ds.ignore_index)
+    assert summary == ("synthetic", "train", 1000, 10, 255)
     assert len(ds.palette) == 10 and "pole" in ds.class_names and "person" in ds.class_names
     sample = ds[3]
     assert sample.image.shape == (128, 256, 3) and sample.image.dtype == np.uint8

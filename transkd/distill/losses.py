@@ -12,7 +12,13 @@ HCL_LEVELS: tuple[tuple[int, float], ...] = ((4, 0.5), (2, 0.25), (1, 0.125))
 def hcl_stage_loss(student: torch.Tensor, teacher: torch.Tensor,
                    levels: tuple[tuple[int, float], ...] = HCL_LEVELS) -> torch.Tensor:
     """Hierarchical context loss of one stage: MSE at full size plus MSE of adaptive-average
-    pooled maps at each level smaller than the map, normalised by the sum of weights used."""
+    pooled maps at each level smaller than the map, normalised by the sum of weights used.
+
+    "Smaller" compares the level with the map's height. Each level keeps its own weight
+    (1/2 for 4×4, 1/4 for 2×2, 1/8 for 1×1). The Knowledge Review code instead halves the
+    weight per level *used*, which differs only for maps at most 4 rows high (e.g. stage 4 of
+    a 128-pixel input); at the paper's sizes every level is used and both agree.
+    """
     student, teacher = student.float(), teacher.float()
     loss = F.mse_loss(student, teacher)
     total = 1.0

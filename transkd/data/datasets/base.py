@@ -69,8 +69,22 @@ class SegmentationDataset(Dataset, ABC):
         decodes everything and checks label values too.
         """
         for i in range(len(self)):
-            self[i]
+            self.check_sample(self[i])
         return len(self)
+
+    def check_sample(self, sample: Sample) -> None:
+        """Raise DatasetError naming the sample unless it follows the ``Sample`` contract."""
+        image, label = sample.image, sample.label
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+            raise DatasetError(f"sample {sample.name!r} of {self.name}: image must be (H, W, 3) uint8, "
+                               f"got {image.shape} {image.dtype}")
+        if label.dtype != np.uint8 or label.shape != image.shape[:2]:
+            raise DatasetError(f"sample {sample.name!r} of {self.name}: label must be {image.shape[:2]} "
+                               f"uint8, got {label.shape} {label.dtype}")
+        bad = (label >= self.num_classes) & (label != self.ignore_index)
+        if bad.any():
+            raise DatasetError(f"sample {sample.name!r} of {self.name}: label value "
+                               f"{int(label[bad][0])} is neither a class id nor {self.ignore_index}")
 
     def labels(self) -> Iterator[np.ndarray]:
         """Every label map in order; file datasets skip decoding the images."""

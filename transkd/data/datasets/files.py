@@ -66,12 +66,13 @@ class LabelMap:
 
     def apply(self, raw: np.ndarray, path: Path) -> np.ndarray:
         """Map raw values to train ids; raise naming ``path`` if any value is illegal."""
-        if not self.valid[raw].all():
-            bad = np.unique(raw[~self.valid[raw]])
+        # np.take: several times faster than fancy indexing with a uint8 index array.
+        if not np.take(self.valid, raw).all():
+            bad = np.unique(raw[~np.take(self.valid, raw)])
             shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
             raise DatasetError(f"label {path} holds value(s) {shown} outside the legal values "
                                f"{self.describe_valid()}")
-        return self.lut[raw]
+        return np.take(self.lut, raw)
 
 
 @dataclass(frozen=True)
@@ -105,11 +106,11 @@ def _open(path: Path, what: str) -> Image.Image:
         raise DatasetError(f"cannot read {what} {path}: {exc}") from None
 
 
-def _decode(img: Image.Image, path: Path, what: str) -> np.ndarray:
+def _decode(img: Image.Image, path: Path, what: str, rgb: bool) -> np.ndarray:
     try:
         with img:
             img.load()
-            if img.mode != "RGB" and what == "image":
+            if rgb and img.mode != "RGB":
                 img = img.convert("RGB")
             # np.array (not asarray): a writable array, at the cost of one memcpy.
             return np.array(img)
@@ -119,7 +120,7 @@ def _decode(img: Image.Image, path: Path, what: str) -> np.ndarray:
 
 def read_image(path: Path) -> np.ndarray:
     """An RGB image as ``(H, W, 3) uint8``; unreadable/truncated files raise DatasetError."""
-    return _decode(_open(path, "image"), path, "image")
+    return _decode(_open(path, "image"), path, "image", rgb=True)
 
 
 def check_label_mode(mode: str, path: Path) -> None:
@@ -140,7 +141,7 @@ def read_label(path: Path) -> np.ndarray:
     """A raw label index map ``(H, W) uint8`` (palette PNGs give their indices, not colours)."""
     img = _open(path, "label")
     check_label_mode(img.mode, path)
-    return _decode(img, path, "label")
+    return _decode(img, path, "label", rgb=False)
 
 
 def read_color_label(path: Path) -> np.ndarray:
@@ -148,12 +149,7 @@ def read_color_label(path: Path) -> np.ndarray:
     img = _open(path, "label")
     if img.mode in _SIXTEEN_BIT_MODES:
         check_label_mode(img.mode, path)
-    try:
-        with img:
-            img.load()
-            return np.array(img if img.mode == "RGB" else img.convert("RGB"))
-    except _READ_ERRORS as exc:
-        raise DatasetError(f"cannot read label {path} (truncated or corrupt?): {exc}") from None
+    return _decode(img, path, "label", rgb=True)
 
 
 def header(path: Path, what: str) -> tuple[str, tuple[int, int]]:

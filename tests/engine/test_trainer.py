@@ -1,0 +1,197 @@
+import json
+import math
+
+import pytest
+import torch
+
+from transkd.config import load_config
+from transkd.engine import run as run_module
+from transkd.engine.logging import read_metrics
+from transkd.engine.run import execute, plan_run
+from transkd.engine.trainer import NonFiniteLossError, Trainer
+from transkd.errors import ConfigError
+from transkd.weights.io import load_model, read_safetensors, save_model
+
+TINY = [
+    "data.options={length: 8, size: [32, 64]}",
+    "protocol.image_size=[32, 64]",
+    "train.batch_size=2",
+    "train.epochs=2",
+    "train.num_workers=0",
+    "train.tensorboard=false",
+    "train.log_interval=1",
+    "eval.batch_size=4",
+]
+
+
+def tiny_config(tmp_path, *extra, name="run"):
+    return load_config(None, [*TINY, f"output.dir={tmp_path / name}", *extra])
+
+
+def state_of(path):
+    return read_safetensors(path)[0]
+
+
+def test_plain_training_writes_the_run_folder(tmp_path):
+    result = run_module.run(tiny_config(tmp_path))
+    run_dir = tmp_path / "run"
+    assert result.status == "completed" and result.steps == 8  # 2 epochs x 4 batches
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
+                 "best/student.safetensors", "last/student.safetensors"):
+        assert (run_dir / name).is_file(), name
+    records = read_metrics(run_dir / "metrics.jsonl")
+    train = [r for r in records if r["kind"] == "train"]
+    val = [r for r in records if r["kind"] == "val"]
+    assert [r["step"] for r in train] == list(range(1, 9))
+    assert {"ce", "loss", "lr", "step_time", "data_time"} <= set(train[0])
+    assert [r["step"] for r in val] == [4, 8]  # every epoch
+    assert len(val[0]["iou"]) == 10 and 0 <= val[0]["miou"] <= 1 and "confusion" in val[0]
+    # the paper schedule is constant within an epoch and decays per epoch
+    assert train[0]["lr"] == train[3]["lr"] == pytest.approx(6e-5)
+    assert train[4]["lr"] == pytest.approx(3e-5)
+    student = load_model(run_dir / "last" / "student.safetensors")
+    _, meta = read_safetensors(run_dir / "last" / "student.safetensors")
+    assert student.num_classes == 10 and meta["dataset"] == "synthetic"
+    assert meta["protocol"] == "paper" and len(meta["class_names"]) == 10
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["best"]["miou"] == result.best["miou"]
+
+
+def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
+    extra = ["train.epochs=3", "train.checkpoint_interval=100", "schedule.kind=paper"]
+    reference = run_module.run(tiny_config(tmp_path, *extra, name="straight"))
+    assert reference.status == "completed"
+
+    calls = {"n": 0}
+    original = Trainer._train_step
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:  # mid-epoch 1, after 6 completed steps
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    config = tiny_config(tmp_path, *extra, name="resumed")
+    first = run_module.run(config)
+    assert first.status == "interrupted" and first.steps == 6
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    resumed = run_module.run(config, resume="auto")
+    assert resumed.status == "completed" and resumed.steps == 12
+
+    a = state_of(tmp_path / "straight" / "last" / "student.safetensors")
+    b = state_of(tmp_path / "resumed" / "last" / "student.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [r["loss"] for r in read_metrics(tmp_path / "straight" / "metrics.jsonl") if r["kind"] == "train"]
+    again = [r["loss"] for r in read_metrics(tmp_path / "resumed" / "metrics.jsonl") if r["kind"] == "train"]
+    assert again == losses
+
+
+def test_workers_do_not_change_the_result(tmp_path):
+    run_module.run(tiny_config(tmp_path, "train.epochs=1", name="w0"))
+    run_module.run(tiny_config(tmp_path, "train.epochs=1", "train.num_workers=2", name="w2"))
+    a = state_of(tmp_path / "w0" / "last" / "student.safetensors")
+    b = state_of(tmp_path / "w2" / "last" / "student.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_grad_accumulation_matches_a_larger_batch(tmp_path):
+    common = ["train.epochs=null", "train.iterations=1", "schedule.kind=constant",
+              "model.options={drop_path_rate: 0.0, dropout: 0.0}", "train.freeze_bn=true"]
+    run_module.run(tiny_config(tmp_path, *common, "train.batch_size=4", name="big"))
+    run_module.run(tiny_config(tmp_path, *common, "train.batch_size=2", "train.grad_accum=2",
+                               name="accum"))
+    a = state_of(tmp_path / "big" / "last" / "student.safetensors")
+    b = state_of(tmp_path / "accum" / "last" / "student.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_iteration_training_with_standard_schedule(tmp_path):
+    config = tiny_config(tmp_path, "train.epochs=null", "train.iterations=6", "schedule.kind=standard",
+                         "schedule.warmup_iters=2", "train.val_interval=3")
+    result = run_module.run(config)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    lrs = [r["lr"] for r in records if r["kind"] == "train"]
+    assert lrs[0] == pytest.approx(6e-5 * 1e-6)
+    assert lrs[2] == pytest.approx(6e-5 * 4 / 6)
+    assert [r["step"] for r in records if r["kind"] == "val"] == [3, 6]
+    assert result.steps == 6
+
+
+def _save_teacher(tmp_path, num_classes=10):
+    torch.manual_seed(0)
+    from transkd.models import create_model
+
+    teacher = create_model("segformer_b0", num_classes=num_classes)
+    return save_model(teacher, tmp_path / "teacher.safetensors")
+
+
+def test_distillation_logs_the_teacher_once_and_every_loss_term(tmp_path):
+    teacher = _save_teacher(tmp_path)
+    config = tiny_config(tmp_path, "distill.method=transkd_base", f"teacher.weights={teacher}",
+                         "train.epochs=1")
+    result = run_module.run(config)
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["kind"] for r in records].count("teacher_val") == 1
+    assert result.teacher_val is not None and 0 <= result.teacher_val["miou"] <= 1
+    train = [r for r in records if r["kind"] == "train"]
+    assert {"ce", "hcl", "embed_1", "embed_4", "loss"} <= set(train[0])
+    assert (tmp_path / "run" / "last" / "adapters.safetensors").is_file()
+    # the deployable student is the plain network
+    assert load_model(tmp_path / "run" / "best" / "student.safetensors").model_name == "segformer_b0"
+
+
+def test_teacher_with_another_class_count_is_refused_before_any_output(tmp_path):
+    teacher = _save_teacher(tmp_path, num_classes=19)
+    config = tiny_config(tmp_path, "distill.method=transkd_base", f"teacher.weights={teacher}")
+    with pytest.raises(Exception, match="predicts 19 classes but dataset 'synthetic' needs 10"):
+        plan_run(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_batch_larger_than_the_dataset_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size 16 is larger than the 8 samples"):
+        plan_run(tiny_config(tmp_path, "train.batch_size=16"))
+
+
+def test_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
+    from transkd.distill import base
+
+    original = base.cross_entropy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = original(*args, **kwargs)
+        return value * float("nan") if calls["n"] == 3 else value
+
+    monkeypatch.setattr("transkd.engine.build.cross_entropy_loss", poisoned)
+    with pytest.raises(NonFiniteLossError, match=r"loss term 'ce' is nan at step 3 \(epoch 0, batch 4\)"):
+        run_module.run(tiny_config(tmp_path, name="stop"))
+
+    calls["n"] = 0
+    result = run_module.run(tiny_config(tmp_path, "train.nonfinite=skip", name="skip"))
+    assert result.status == "completed" and result.skipped_steps == 1
+    state = state_of(tmp_path / "skip" / "last" / "student.safetensors")
+    assert all(bool(torch.isfinite(v).all()) for v in state.values())
+    events = [r for r in read_metrics(tmp_path / "skip" / "metrics.jsonl") if r["kind"] == "event"]
+    assert events[0]["event"] == "skipped_non_finite"
+
+
+@pytest.mark.parametrize("precision", ["bf16"])
+def test_mixed_precision_runs_and_keeps_fp32_losses(tmp_path, precision):
+    result = run_module.run(tiny_config(tmp_path, f"train.precision={precision}", "train.epochs=1"))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert result.status == "completed"
+    assert all(math.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+
+
+def test_resume_refuses_another_method(tmp_path):
+    run_module.run(tiny_config(tmp_path, "train.epochs=1"))
+    teacher = _save_teacher(tmp_path)
+    config = tiny_config(tmp_path, "distill.method=transkd_base", f"teacher.weights={teacher}",
+                         "train.epochs=1")
+    plan = plan_run(config, resume="auto")
+    with pytest.raises(Exception, match="trained with method 'none'"):
+        execute(plan)

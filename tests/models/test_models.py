@@ -1,0 +1,188 @@
+"""Every registered segmentor honours one contract; encoders stand alone; bad input fails clearly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from transkd.errors import ConfigError
+from transkd.models import (
+    EncoderOutput,
+    SegmentationOutput,
+    UnknownModelError,
+    create_model,
+    list_models,
+)
+from transkd.weights import load_model, save_model
+
+SEGMENTORS = list_models(kind="segmentor")
+NUM_CLASSES = 5
+ODD = (97, 131)  # odd, non-square, not a multiple of 32
+SMALL = (33, 45)
+DEEP = ("b3", "b4", "b5")  # 45-85 M parameters: one sample per backward pass keeps the file fast
+
+
+def stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
+    """Spatial sizes of the four stages: 7×7/4 then 3×3/2 convolutions, each rounding up."""
+    sizes, h, w = [], math.ceil(height / 4), math.ceil(width / 4)
+    for _ in range(4):
+        sizes.append((h, w))
+        h, w = math.ceil(h / 2), math.ceil(w / 2)
+    return sizes
+
+
+def test_every_family_and_size_is_registered():
+    sizes = range(6)
+    assert set(SEGMENTORS) == {f"segformer_b{i}" for i in sizes} | {f"pvtv2_b{i}_fpn" for i in sizes}
+    assert set(list_models(kind="encoder")) == {f"mit_b{i}" for i in sizes} | {f"pvtv2_b{i}" for i in sizes}
+
+
+@pytest.fixture(scope="class")
+def net(name):
+    """Built once per segmentor; the class runs every check on it before the next is built."""
+    torch.manual_seed(0)
+    return create_model(name, num_classes=NUM_CLASSES)
+
+
+@pytest.mark.parametrize("name", SEGMENTORS, scope="class")
+class TestSegmentor:
+    def test_identity(self, net, name):
+        assert net.model_name == name and net.num_classes == NUM_CLASSES
+        assert net.widths == net.encoder.widths and len(net.widths) == 4
+
+    def test_forward_backward_at_an_odd_size(self, net, name):
+        batch = 1 if name.startswith(tuple(f"{family}_{size}" for family in ("segformer", "pvtv2")
+                                           for size in DEEP)) else 2
+        net.train()
+        logits = net(torch.randn(batch, 3, *ODD))
+        assert logits.shape == (batch, NUM_CLASSES, math.ceil(ODD[0] / 4), math.ceil(ODD[1] / 4))
+        net.zero_grad(set_to_none=True)
+        logits.square().mean().backward()
+        without_grad = [n for n, p in net.named_parameters() if p.grad is None]
+        assert without_grad == []
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+        net.zero_grad(set_to_none=True)
+
+    def test_features_and_embeddings(self, net):
+        net.eval()
+        x = torch.randn(1, 3, *SMALL)
+        with torch.no_grad():
+            out = net(x, return_features=True)
+            plain = net(x)
+        assert isinstance(out, SegmentationOutput)
+        assert torch.equal(out.logits, plain)
+        assert len(out.features) == len(out.embeddings) == 4
+        for feature, embedding, width, (h, w) in zip(out.features, out.embeddings, net.widths,
+                                                     stage_sizes(*SMALL)):
+            assert feature.shape == (1, width, h, w)
+            assert embedding.shape == (1, h * w, width)
+
+    def test_return_features_adds_nothing_and_default_is_a_tensor(self, net):
+        net.eval()
+        keys = list(net.state_dict())
+        count = sum(p.numel() for p in net.parameters())
+        x = torch.randn(1, 3, *SMALL)
+        with torch.no_grad():
+            net(x, return_features=True)
+            default = net(x)
+        assert type(default) is torch.Tensor
+        assert list(net.state_dict()) == keys
+        assert sum(p.numel() for p in net.parameters()) == count
+
+    def test_eval_is_deterministic(self, net):
+        net.eval()
+        x = torch.randn(1, 3, *SMALL)
+        with torch.no_grad():
+            assert torch.equal(net(x), net(x))
+
+    def test_save_load_round_trip_gives_identical_outputs(self, net, name, tmp_path):
+        net.eval()
+        path = save_model(net, tmp_path / f"{name}.safetensors")
+        loaded = load_model(path).eval()
+        assert loaded.model_name == name and loaded.num_classes == NUM_CLASSES
+        x = torch.randn(1, 3, *SMALL)
+        with torch.no_grad():
+            assert torch.equal(loaded(x), net(x))
+
+
+@pytest.mark.parametrize(("name", "expected"), [("segformer_b0", 3_719_284), ("segformer_b2", 27_362_004)])
+def test_parameter_counts_match_the_paper(name, expected):
+    """19 Cityscapes classes + 1 void logit = 20 outputs (paper: 3.72 M and 27.36 M)."""
+    net = create_model(name, num_classes=20)
+    assert sum(p.numel() for p in net.parameters()) == expected
+
+
+@pytest.mark.parametrize(("name", "widths"), [
+    ("mit_b0", (32, 64, 160, 256)), ("mit_b2", (64, 128, 320, 512)),
+    ("pvtv2_b0", (32, 64, 160, 256)), ("pvtv2_b2", (64, 128, 320, 512)),
+])
+def test_encoder_alone(name, widths):
+    encoder = create_model(name).eval()
+    assert encoder.widths == widths
+    with torch.no_grad():
+        out = encoder(torch.randn(2, 3, *SMALL), return_embeddings=True)
+        bare = encoder(torch.randn(2, 3, *SMALL))
+    assert isinstance(out, EncoderOutput) and bare.embeddings is None
+    for feature, embedding, width, (h, w) in zip(out.features, out.embeddings, widths, stage_sizes(*SMALL)):
+        assert feature.shape == (2, width, h, w) and embedding.shape == (2, h * w, width)
+    with pytest.raises(ConfigError, match="encoder and takes no num_classes"):
+        create_model(name, num_classes=3)
+
+
+def test_encoder_matches_its_segmentor_encoder():
+    torch.manual_seed(0)
+    encoder = create_model("pvtv2_b0").eval()
+    segmentor = create_model("pvtv2_b0_fpn", num_classes=2).eval()
+    segmentor.encoder.load_state_dict(encoder.state_dict())
+    x = torch.randn(1, 3, *SMALL)
+    with torch.no_grad():
+        expected = encoder(x).features
+        got = segmentor(x, return_features=True).features
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+
+
+def one_sentence(err: pytest.ExceptionInfo) -> str:
+    message = str(err.value)
+    assert message and "\n" not in message
+    return message
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(UnknownModelError) as err:
+        create_model("segformer_b9", num_classes=2)
+    message = one_sentence(err)
+    assert "'segformer_b9'" in message and "segformer_b0" in message and "mit_b5" in message
+    assert isinstance(err.value, ConfigError)
+
+
+@pytest.mark.parametrize("bad", [0, -1, "3", True, 2.0])
+def test_bad_num_classes(bad):
+    with pytest.raises(ConfigError, match="num_classes must be a positive integer") as err:
+        create_model("segformer_b0", num_classes=bad)
+    assert repr(bad) in one_sentence(err)
+
+
+def test_segmentor_needs_num_classes():
+    with pytest.raises(ConfigError, match="pass num_classes") as err:
+        create_model("pvtv2_b0_fpn")
+    one_sentence(err)
+
+
+@pytest.mark.parametrize(("shape", "pattern"), [
+    ((3, 64, 64), r"must be 4-D .* got shape \(3, 64, 64\)"),
+    ((1, 1, 64, 64), r"must have 3 channels, got 1"),
+    ((1, 4, 64, 64), r"must have 3 channels, got 4"),
+])
+def test_bad_input_shapes(shape, pattern):
+    net = create_model("segformer_b0", num_classes=2)
+    with pytest.raises(ValueError, match=pattern) as err:
+        net(torch.zeros(shape))
+    one_sentence(err)
+
+
+def test_non_tensor_input():
+    with pytest.raises(TypeError, match="must be a torch.Tensor, got list") as err:
+        create_model("segformer_b0", num_classes=2)([[0.0]])
+    one_sentence(err)
