@@ -21,7 +21,14 @@ SEGMENTORS = list_models(kind="segmentor")
 NUM_CLASSES = 5
 ODD = (97, 131)  # odd, non-square, not a multiple of 32
 SMALL = (33, 45)
-DEEP = ("b3", "b4", "b5")  # 45-85 M parameters: one sample per backward pass keeps the file fast
+DEEP = ("b3", "b4", "b5")  # 45-85 M parameters: marked slow, and one sample per backward pass
+
+
+def is_deep(name: str) -> bool:
+    return name.removesuffix("_fpn")[-2:] in DEEP
+
+
+SEGMENTOR_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if is_deep(n) else n for n in SEGMENTORS]
 
 
 def stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
@@ -46,15 +53,14 @@ def net(name):
     return create_model(name, num_classes=NUM_CLASSES)
 
 
-@pytest.mark.parametrize("name", SEGMENTORS, scope="class")
+@pytest.mark.parametrize("name", SEGMENTOR_PARAMS, scope="class")
 class TestSegmentor:
     def test_identity(self, net, name):
         assert net.model_name == name and net.num_classes == NUM_CLASSES
         assert net.widths == net.encoder.widths and len(net.widths) == 4
 
     def test_forward_backward_at_an_odd_size(self, net, name):
-        batch = 1 if name.startswith(tuple(f"{family}_{size}" for family in ("segformer", "pvtv2")
-                                           for size in DEEP)) else 2
+        batch = 1 if is_deep(name) else 2
         net.train()
         logits = net(torch.randn(batch, 3, *ODD))
         assert logits.shape == (batch, NUM_CLASSES, math.ceil(ODD[0] / 4), math.ceil(ODD[1] / 4))

@@ -192,8 +192,10 @@ class EmbeddingAssistant(nn.Module):
                                                        patch_size=2 * stride - 1, stride=stride)
         self.embed = nn.ModuleDict(embedders)
         self.embed.apply(init_transformer_weights)  # the init of the student's own embedders
-        self.pea_scale = nn.Parameter(torch.tensor([init[s - 1] for s in self.stages]))
-        self.assistant_scale = nn.Parameter(torch.tensor([init[s - 1 + n] for s in self.stages]))
+        dtype = torch.get_default_dtype()
+        self.pea_scale = nn.Parameter(torch.tensor([float(init[s - 1]) for s in self.stages], dtype=dtype))
+        self.assistant_scale = nn.Parameter(
+            torch.tensor([float(init[s - 1 + n]) for s in self.stages], dtype=dtype))
 
     def forward(self, stage: int, aligned: torch.Tensor, stage_input: torch.Tensor) -> torch.Tensor:
         index = self.stages.index(stage)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .layers import OverlapPatchEmbed, TransformerBlock, init_transformer_weights
 from .registry import register_model
 
@@ -128,7 +129,7 @@ def _with_overrides(cfg: EncoderConfig, overrides: dict) -> EncoderConfig:
     allowed = {"drop_path_rate", "drop_rate", "attn_drop_rate", "in_chans"}
     unknown = set(overrides) - allowed
     if unknown:
-        raise TypeError(f"unknown encoder option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        raise ConfigError(f"unknown encoder option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
     return EncoderConfig(**{**cfg.__dict__, **overrides})
 
 

@@ -1,0 +1,1 @@
+"""Stand-in for the parts of mmsegmentation the reference model files import."""

@@ -1,0 +1,499 @@
+"""Speed and memory of transkd against the TransKD authors' reference code, side by side.
+
+Measured at identical shapes and thread counts, each variant in a fresh subprocess:
+
+* one TransKD-Base distillation step (MiT-B2 teacher → MiT-B0 student, CSF + HCL + PEA, weighted
+  CE; forward, backward, AdamW step) at every ``--sizes`` entry, for the reference training step
+  as shipped (teacher forward with autograd on, its outputs not detached) and for
+  ``transkd.create_distiller("transkd_base", ...)``;
+* the student's forward pass, 1×3×H×W in inference mode: the reference SegFormer-B0, the
+  reference's TransKD evaluation path (student wrapped in its CSF/PEA adapters, as its eval
+  script runs a distilled student) and ``transkd.create_model("segformer_b0")``;
+* a sanity check that both implementations compute the same losses: the reference weights are
+  copied into ours (dropout and stochastic depth off) and the loss terms of two consecutive
+  training steps are compared, the second one checking that the gradients agree too.
+
+Time is the median wall time of ``--repeats`` runs after ``--warmup`` runs. Memory is the peak
+resident set size of the subprocess (``getrusage(RUSAGE_SELF).ru_maxrss``) minus its resident
+size right after the models, optimiser and inputs were built: what the step itself adds
+(activations, gradients, optimiser state, allocator caches). The 1-minute load average is
+recorded before and after each measurement, since other jobs may share the machine.
+
+The reference code imports timm, mmcv and mmseg; ``benchmarks/reference_shims`` stands in for
+the few names it uses and is put first on ``sys.path`` in the reference subprocesses only.
+
+    python benchmarks/reference_speed.py --reference /path/to/TransKD --json perf.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import gc
+import json
+import os
+import platform
+import re
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SHIM_DIR = Path(__file__).resolve().parent / "reference_shims"
+NUM_CLASSES = 20  # 19 Cityscapes classes + void (weight 0), the reference's training set-up
+EMBED_WEIGHTS = (0.1, 0.1, 0.5, 1.0)
+LR = 6e-5
+
+DISTILL_IMPLS = {
+    "ref": "reference, as shipped",
+    "ref_nograd": "reference, teacher in no_grad",
+    "ours": "transkd",
+    "ours_cl": "transkd, channels_last",
+    "ours_bf16": "transkd, bf16 autocast",
+}
+INFER_IMPLS = {
+    "ref_student": "reference SegFormer-B0",
+    "ref_transkd_eval": "reference TransKD eval path",
+    "ours": "transkd segformer_b0",
+    "ours_cl": "transkd, channels_last",
+}
+
+
+# ------------------------------------------------------------------------------ measurement
+
+
+def current_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def measure(run: Callable[[], dict | None], warmup: int, repeats: int) -> dict:
+    """Time ``run`` and read the memory it adds on top of what exists now."""
+    gc.collect()
+    baseline = current_rss_bytes()
+    peak_before = peak_rss_bytes()
+    load_before = os.getloadavg()[0]
+    times, info = [], None
+    for i in range(warmup + repeats):
+        start = time.perf_counter()
+        info = run()
+        elapsed = time.perf_counter() - start
+        if i >= warmup:
+            times.append(elapsed)
+    peak = peak_rss_bytes()
+    return {
+        "times_s": times, "median_s": statistics.median(times), "min_s": min(times),
+        "max_s": max(times), "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak / 2**20,
+        "peak_delta_mb": (peak - baseline) / 2**20,
+        # The build phase already reached this high-water mark; if it exceeds the step's peak,
+        # peak_delta_mb understates the step's memory.
+        "peak_before_mb": peak_before / 2**20,
+        "load_before": load_before, "load_after": os.getloadavg()[0], "info": info,
+    }
+
+
+def make_batch(batch: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images in [0, 1] (the reference feeds un-normalised ToTensor images) and 1/4-size labels
+    in 0..19 (19 = void, weight 0), like the reference's training transform."""
+    gen = torch.Generator().manual_seed(1)
+    images = torch.rand(batch, 3, height, width, generator=gen)
+    labels = torch.randint(0, NUM_CLASSES, (batch, height // 4, width // 4), generator=gen)
+    return images, labels
+
+
+# ------------------------------------------------------------------------------ reference side
+
+
+def import_reference(path: Path):
+    """Put the shims and the reference's ``train`` folder on ``sys.path`` and import its modules."""
+    train_dir = path / "train"
+    if not (train_dir / "CSF.py").is_file():
+        raise SystemExit(f"--reference {path} has no train/CSF.py: pass a clone of RuipingL/TransKD")
+    sys.path[:0] = [str(SHIM_DIR), str(train_dir)]
+    import CSF  # noqa: E402  (the reference's module)
+    import models.Segformer as plain  # noqa: E402
+    import models.Segformer4EmbeddingKD as embed_kd  # noqa: E402
+    return CSF, plain, embed_kd
+
+
+def reference_training_names(path: Path) -> tuple[type, torch.Tensor]:
+    """``CrossEntropyLoss2d`` and the class weights, read from the reference training script
+    itself (the script cannot be imported: it needs its dataset and scheduler packages)."""
+    source = (path / "train" / "train_TransKDBase.py").read_text()
+    tree = ast.parse(source)
+    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "CrossEntropyLoss2d")
+    namespace: dict = {"torch": torch}
+    exec(compile(ast.Module(body=[node], type_ignores=[]), "train_TransKDBase.py", "exec"), namespace)
+    weight = torch.ones(NUM_CLASSES)
+    for index, value in re.findall(r"weight\[(\d+)\]\s*=\s*([0-9.]+)", source):
+        weight[int(index)] = float(value)
+    return namespace["CrossEntropyLoss2d"], weight
+
+
+def build_reference_distill(path: Path):
+    CSF, _, embed_kd = import_reference(path)
+    criterion_cls, weight = reference_training_names(path)
+    torch.manual_seed(0)
+    teacher = embed_kd.mit_b2()
+    model = CSF.build_kd_trans(embed_kd.mit_b0(), 5)
+    return model, teacher, criterion_cls(weight), CSF.hcl
+
+
+def reference_step(model, teacher, criterion, hcl, optimizer, inputs, targets, teacher_grad: bool):
+    """The body of the reference ``train()`` loop for TransKD-Base (hcl, embed=5), verbatim in
+    order; ``teacher_grad=False`` is the one deviation, for the ``ref_nograd`` variant."""
+    fstudent, outputs, estudent = model(inputs)
+    with torch.set_grad_enabled(teacher_grad):
+        fteacher, _, eteacher = teacher(inputs)
+    loss_logits = criterion(outputs, targets[:, 0])
+    optimizer.zero_grad()
+    loss_review = hcl(fstudent, fteacher) * 1.0
+    loss = loss_review + loss_logits
+    loss_embedd = nn.MSELoss()
+    terms = {"ce": loss_logits.item(), "hcl": loss_review.item()}
+    for i in range(len(estudent)):
+        term = EMBED_WEIGHTS[i] * loss_embedd(estudent[i], eteacher[i])
+        terms[f"embed_{i + 1}"] = term.item()
+        loss += term
+    loss.backward()
+    optimizer.step()
+    terms["loss"] = loss.item()
+    return terms
+
+
+def reference_optimizer(model):
+    return torch.optim.AdamW(model.parameters(), LR, (0.9, 0.999), eps=1e-08, weight_decay=0.01)
+
+
+# ------------------------------------------------------------------------------ our side
+
+
+def build_ours_distill():
+    import transkd
+    from transkd.data.protocols import ERFNET_CITYSCAPES_WEIGHTS
+    from transkd.distill.base import cross_entropy_loss
+
+    weight = torch.tensor([*ERFNET_CITYSCAPES_WEIGHTS, 0.0])  # the "paper" protocol's void class
+
+    def criterion(logits, targets):
+        return cross_entropy_loss(logits, targets, ignore_index=255, weight=weight)
+
+    torch.manual_seed(0)
+    teacher = transkd.create_model("segformer_b2", num_classes=NUM_CLASSES)
+    student = transkd.create_model("segformer_b0", num_classes=NUM_CLASSES)
+    distiller = transkd.create_distiller("transkd_base", teacher, student, criterion=criterion)
+    distiller.train()
+    return distiller
+
+
+def ours_optimizer(distiller):
+    return torch.optim.AdamW(distiller.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
+                             weight_decay=0.01)
+
+
+def ours_step(distiller, optimizer, images, targets, autocast_bf16: bool = False):
+    """What the trainer does per step (fp32 or bf16 autocast, no gradient accumulation)."""
+    if autocast_bf16:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            terms = distiller(images, targets)
+    else:
+        terms = distiller(images, targets)
+    optimizer.zero_grad(set_to_none=True)
+    terms["loss"].backward()
+    optimizer.step()
+    return {k: v.item() for k, v in terms.items() if k != "logits"}
+
+
+# ------------------------------------------------------------------------------ workers
+
+
+def worker_distill(spec: dict) -> dict:
+    impl, (height, width) = spec["impl"], spec["size"]
+    images, labels = make_batch(spec["batch"], height, width)
+    if impl.startswith("ref"):
+        model, teacher, criterion, hcl = build_reference_distill(Path(spec["reference"]))
+        model.train()
+        teacher.eval()
+        optimizer = reference_optimizer(model)
+        targets = labels[:, None]  # the reference's ToLabel keeps a channel axis
+
+        def run():
+            return reference_step(model, teacher, criterion, hcl, optimizer, images, targets,
+                                  teacher_grad=impl == "ref")
+    else:
+        distiller = build_ours_distill()
+        if impl == "ours_cl":
+            distiller.to(memory_format=torch.channels_last)
+            images = images.contiguous(memory_format=torch.channels_last)
+        optimizer = ours_optimizer(distiller)
+
+        def run():
+            return ours_step(distiller, optimizer, images, labels, autocast_bf16=impl == "ours_bf16")
+    return measure(run, spec["warmup"], spec["repeats"])
+
+
+def worker_infer(spec: dict) -> dict:
+    impl, (height, width) = spec["impl"], spec["size"]
+    torch.manual_seed(0)
+    if impl.startswith("ref"):
+        CSF, plain, embed_kd = import_reference(Path(spec["reference"]))
+        if impl == "ref_student":
+            model = plain.mit_b0()
+        else:
+            model = CSF.build_kd_trans(embed_kd.mit_b0(), 5)
+    else:
+        import transkd
+        model = transkd.create_model("segformer_b0", num_classes=NUM_CLASSES)
+    model.eval()
+    x = make_batch(1, height, width)[0]
+    if impl == "ours_cl":
+        model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def run():
+        with torch.inference_mode():
+            out = model(x)
+        logits = out[1] if isinstance(out, tuple) else out
+        return {"logits_shape": list(logits.shape)}
+
+    return measure(run, spec["warmup"], spec["repeats"])
+
+
+def _no_randomness(module: nn.Module) -> None:
+    for m in module.modules():
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.p = 0.0
+
+
+def _copy_adapters(reference_kd: nn.Module, method: nn.Module) -> None:
+    """Reference SKF adapters → our CSF/PEA. Its ``skfs`` run deepest first; ``fc1`` (the
+    single-sample branch) has no counterpart and is unused at batch 2."""
+    src = reference_kd.state_dict()
+    n = len(reference_kd.skfs)
+    mapped = {}
+    for k in range(n):
+        unit, mine = f"skfs.{k}.", f"csf.units.{n - 1 - k}."
+        for theirs, ours in (("conv1.", "reduce."), ("conv2.", "expand."), ("fc.", "squeeze.")):
+            for key, value in src.items():
+                if key.startswith(unit + theirs):
+                    mapped[mine + ours + key[len(unit + theirs):]] = value
+        if unit + "fcs.0.weight" in src:
+            for p in ("weight", "bias"):
+                mapped[f"{mine}select.{p}"] = torch.cat([src[f"{unit}fcs.0.{p}"], src[f"{unit}fcs.1.{p}"]])
+    for s in range(1, n + 1):
+        for p in ("weight", "bias"):
+            mapped[f"pea.proj.stage{s}.{p}"] = src[f"embed{s}_linearproject.{p}"]
+    method.load_state_dict(mapped, strict=True)
+
+
+def worker_sanity(spec: dict) -> dict:
+    """Both implementations with the same weights: loss terms of two consecutive steps."""
+    from transkd.weights.convert import load_converted
+
+    height, width = spec["size"]
+    images, labels = make_batch(spec["batch"], height, width)
+    distiller = build_ours_distill()
+    model, teacher, criterion, hcl = build_reference_distill(Path(spec["reference"]))
+    load_converted(distiller.student, model.student.state_dict(), "nvlabs")
+    load_converted(distiller.teacher, teacher.state_dict(), "nvlabs")
+    _copy_adapters(model, distiller.methods["transkd_base"])
+    for net in (model, teacher, distiller):
+        _no_randomness(net)
+    model.train()
+    teacher.eval()
+    distiller.train()
+    ref_opt, our_opt = reference_optimizer(model), ours_optimizer(distiller)
+    steps = []
+    for _ in range(2):
+        theirs = reference_step(model, teacher, criterion, hcl, ref_opt, images, labels[:, None], True)
+        ours = ours_step(distiller, our_opt, images, labels)
+        rel = {k: abs(ours[k] - theirs[k]) / max(abs(theirs[k]), 1e-12) for k in theirs}
+        steps.append({"reference": theirs, "ours": ours, "relative_difference": rel})
+    worst = max(v for s in steps for v in s["relative_difference"].values())
+    return {"steps": steps, "max_relative_difference": worst, "size": [height, width]}
+
+
+WORKERS = {"distill": worker_distill, "infer": worker_infer, "sanity": worker_sanity}
+
+
+def run_worker(spec: dict) -> dict:
+    torch.set_num_threads(spec["threads"])
+    result = WORKERS[spec["kind"]](spec)
+    result.update(kind=spec["kind"], impl=spec.get("impl"), size=spec["size"],
+                  threads=torch.get_num_threads())
+    return result
+
+
+# ------------------------------------------------------------------------------ orchestration
+
+
+def spawn(spec: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"{spec['kind']}/{spec.get('impl')} at {spec['size']} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
+    if not match or int(match[1]) % 32 or int(match[2]) % 32:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be HxW with multiples of 32, e.g. 512x1024")
+    return int(match[1]), int(match[2])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reference", type=Path, help="local clone of github.com/RuipingL/TransKD")
+    p.add_argument("--threads", type=int, default=2, help="torch threads in every variant (default 2)")
+    p.add_argument("--sizes", type=parse_size, nargs="+", default=[(512, 1024), (256, 512)],
+                   help="distillation input sizes HxW (default 512x1024 256x512)")
+    p.add_argument("--batch", type=int, default=2, help="distillation batch size (default 2)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed distillation steps (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed distillation steps (default 3)")
+    p.add_argument("--infer-size", type=parse_size, default=(512, 1024),
+                   help="inference input size HxW, batch 1 (default 512x1024)")
+    p.add_argument("--infer-warmup", type=int, default=2)
+    p.add_argument("--infer-repeats", type=int, default=7)
+    p.add_argument("--distill-impls", nargs="+", choices=list(DISTILL_IMPLS), default=["ref", "ours"],
+                   help="distillation variants (default: ref ours)")
+    p.add_argument("--infer-impls", nargs="+", choices=list(INFER_IMPLS),
+                   default=["ref_student", "ref_transkd_eval", "ours"],
+                   help="inference variants (default: ref_student ref_transkd_eval ours)")
+    p.add_argument("--sanity-size", type=parse_size, default=(256, 512),
+                   help="input size of the loss comparison (default 256x512; at 4 rows or fewer "
+                        "in stage 4 the two HCL level weightings differ by design)")
+    p.add_argument("--skip-sanity", action="store_true", help="skip the loss comparison")
+    p.add_argument("--json", type=Path, help="also write all results to this JSON file")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.worker is None and args.reference is None:
+        p.error("--reference PATH (a clone of the authors' repository) is required")
+    if args.threads < 1 or args.batch < 1 or args.repeats < 1 or args.infer_repeats < 1:
+        p.error("--threads, --batch, --repeats and --infer-repeats must be positive")
+    return args
+
+
+def reference_commit(path: Path) -> str | None:
+    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def fmt_size(size) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
+def ratios(results: list[dict], kind: str, base: str, impl: str) -> dict | None:
+    by = {(r["impl"], tuple(r["size"])): r for r in results if r["kind"] == kind}
+    out = {}
+    for (name, size), mine in by.items():
+        theirs = by.get((base, size))
+        if name != impl or theirs is None:
+            continue
+        out[fmt_size(size)] = {
+            "speedup": theirs["median_s"] / mine["median_s"],
+            "memory_ratio": mine["peak_delta_mb"] / theirs["peak_delta_mb"],
+        }
+    return out or None
+
+
+def print_table(report: dict) -> None:
+    cfg = report["config"]
+    print(f"\nTransKD-Base distillation step (B2 -> B0, batch {cfg['batch']}, {cfg['threads']} threads, "
+          f"median of {cfg['repeats']} after {cfg['warmup']} warm-up)")
+    head = f"{'size':>9}  {'implementation':<32}{'median s':>9}{'min..max s':>16}{'peak+ MB':>10}{'load':>11}"
+    print(head)
+    rows = [r for r in report["results"] if r["kind"] == "distill"]
+    for r in rows:
+        label = DISTILL_IMPLS[r["impl"]]
+        print(f"{fmt_size(r['size']):>9}  {label:<32}{r['median_s']:9.2f}"
+              f"{r['min_s']:8.2f}..{r['max_s']:<6.2f}{r['peak_delta_mb']:10.0f}"
+              f"{r['load_before']:6.1f}/{r['load_after']:<4.1f}")
+    print(f"\nStudent inference (1x3x{fmt_size(cfg['infer_size'])}, eval, inference_mode, "
+          f"median of {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
+    print(head)
+    for r in (r for r in report["results"] if r["kind"] == "infer"):
+        print(f"{fmt_size(r['size']):>9}  {INFER_IMPLS[r['impl']]:<32}{r['median_s']:9.3f}"
+              f"{r['min_s']:8.3f}..{r['max_s']:<6.3f}{r['peak_delta_mb']:10.0f}"
+              f"{r['load_before']:6.1f}/{r['load_after']:<4.1f}")
+    print("\nRatios (speed-up = their time / our time; memory = our peak+ / their peak+)")
+    for name, table in report["ratios"].items():
+        for size, v in (table or {}).items():
+            print(f"  {name:<44} {size:>9}: speed-up {v['speedup']:5.2f}x, memory {v['memory_ratio']:5.2f}x")
+    sanity = report.get("sanity")
+    if sanity:
+        print(f"\nLoss sanity at {fmt_size(sanity['size'])} (same weights, no dropout): "
+              f"max relative difference {sanity['max_relative_difference']:.2e}")
+        for i, step in enumerate(sanity["steps"], 1):
+            terms = ", ".join(f"{k} {step['reference'][k]:.5g}/{step['ours'][k]:.5g}" for k in step["reference"])
+            print(f"  step {i} (reference/ours): {terms}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if args.worker is not None:
+        print(json.dumps(run_worker(json.loads(args.worker))))
+        return 0
+    reference = args.reference.resolve()
+    common = {"threads": args.threads, "reference": str(reference)}
+    specs = []
+    if not args.skip_sanity:
+        specs.append(dict(common, kind="sanity", size=args.sanity_size, batch=args.batch))
+    for size in args.sizes:
+        for impl in args.distill_impls:
+            specs.append(dict(common, kind="distill", impl=impl, size=size, batch=args.batch,
+                              warmup=args.warmup, repeats=args.repeats))
+    for impl in args.infer_impls:
+        specs.append(dict(common, kind="infer", impl=impl, size=args.infer_size,
+                          warmup=args.infer_warmup, repeats=args.infer_repeats))
+    results, sanity = [], None
+    for spec in specs:
+        print(f"running {spec['kind']} {spec.get('impl', '')} {fmt_size(spec['size'])} ...",
+              file=sys.stderr, flush=True)
+        out = spawn(spec)
+        if spec["kind"] == "sanity":
+            sanity = out
+        else:
+            results.append(out)
+    report = {
+        "config": {**vars(args), "reference": str(reference), "json": None, "worker": None,
+                   "sizes": [list(s) for s in args.sizes]},
+        "machine": {"torch": torch.__version__, "python": platform.python_version(),
+                    "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                    "reference_commit": reference_commit(reference)},
+        "results": results,
+        "ratios": {
+            "distill: transkd vs reference as shipped": ratios(results, "distill", "ref", "ours"),
+            "distill: transkd vs reference, teacher no_grad": ratios(results, "distill", "ref_nograd", "ours"),
+            "distill: transkd channels_last vs reference": ratios(results, "distill", "ref", "ours_cl"),
+            "distill: transkd bf16 vs reference": ratios(results, "distill", "ref", "ours_bf16"),
+            "infer: transkd vs reference student": ratios(results, "infer", "ref_student", "ours"),
+            "infer: transkd vs reference TransKD eval path": ratios(results, "infer", "ref_transkd_eval", "ours"),
+            "infer: transkd channels_last vs reference student": ratios(results, "infer", "ref_student", "ours_cl"),
+        },
+        "sanity": sanity,
+    }
+    report["ratios"] = {k: v for k, v in report["ratios"].items() if v}
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
