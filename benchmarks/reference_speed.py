@@ -43,7 +43,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 SHIM_DIR = Path(__file__).resolve().parent / "reference_shims"
@@ -84,17 +83,18 @@ def measure(run: Callable[[], dict | None], warmup: int, repeats: int) -> dict:
     baseline = current_rss_bytes()
     peak_before = peak_rss_bytes()
     load_before = os.getloadavg()[0]
-    times, info = [], None
+    times, cpu_times, info = [], [], None
     for i in range(warmup + repeats):
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         info = run()
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         if i >= warmup:
             times.append(elapsed)
+            cpu_times.append(cpu)
     peak = peak_rss_bytes()
     return {
-        "times_s": times, "median_s": statistics.median(times), "min_s": min(times),
-        "max_s": max(times), "baseline_rss_mb": baseline / 2**20, "peak_rss_mb": peak / 2**20,
+        "times_s": times, "cpu_times_s": cpu_times, "baseline_rss_mb": baseline / 2**20,
+        "peak_rss_mb": peak / 2**20,
         "peak_delta_mb": (peak - baseline) / 2**20,
         # The build phase already reached this high-water mark; if it exceeds the step's peak,
         # peak_delta_mb understates the step's memory.
@@ -349,6 +349,26 @@ def spawn(spec: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def merge_rounds(runs: list[dict]) -> dict:
+    """One variant measured in several subprocesses (rounds): pool the times, keep the largest
+    memory reading and every load reading."""
+    times = [t for r in runs for t in r["times_s"]]
+    cpu = [t for r in runs for t in r["cpu_times_s"]]
+    first = runs[0]
+    return {
+        "kind": first["kind"], "impl": first["impl"], "size": first["size"], "threads": first["threads"],
+        "rounds": len(runs), "times_s": times, "cpu_times_s": cpu,
+        "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+        "cpu_median_s": statistics.median(cpu),
+        "peak_delta_mb": max(r["peak_delta_mb"] for r in runs),
+        "peak_delta_mb_per_round": [r["peak_delta_mb"] for r in runs],
+        "baseline_rss_mb": [r["baseline_rss_mb"] for r in runs],
+        "peak_before_mb": [r["peak_before_mb"] for r in runs],
+        "load": [[r["load_before"], r["load_after"]] for r in runs],
+        "info": first["info"],
+    }
+
+
 def parse_size(text: str) -> tuple[int, int]:
     match = re.fullmatch(r"(\d+)x(\d+)", text.strip())
     if not match or int(match[1]) % 32 or int(match[2]) % 32:
@@ -365,18 +385,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="distillation input sizes HxW (default 512x1024 256x512)")
     p.add_argument("--batch", type=int, default=2, help="distillation batch size (default 2)")
     p.add_argument("--warmup", type=int, default=1, help="untimed distillation steps (default 1)")
-    p.add_argument("--repeats", type=int, default=3, help="timed distillation steps (default 3)")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed distillation steps per round (default 3)")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="run the whole list of variants this many times, interleaved, so that "
+                        "load changes hit every variant alike (default 2)")
     p.add_argument("--infer-size", type=parse_size, default=(512, 1024),
                    help="inference input size HxW, batch 1 (default 512x1024)")
     p.add_argument("--infer-warmup", type=int, default=2)
-    p.add_argument("--infer-repeats", type=int, default=7)
+    p.add_argument("--infer-repeats", type=int, default=5, help="timed forwards per round (default 5)")
     p.add_argument("--distill-impls", nargs="+", choices=list(DISTILL_IMPLS), default=["ref", "ours"],
                    help="distillation variants (default: ref ours)")
     p.add_argument("--infer-impls", nargs="+", choices=list(INFER_IMPLS),
                    default=["ref_student", "ref_transkd_eval", "ours"],
                    help="inference variants (default: ref_student ref_transkd_eval ours)")
     p.add_argument("--sanity-size", type=parse_size, default=(256, 512),
-                   help="input size of the loss comparison (default 256x512; at 4 rows or fewer "
+                   help="input size of the loss comparison (default 256x512; with 4 rows or fewer "
                         "in stage 4 the two HCL level weightings differ by design)")
     p.add_argument("--skip-sanity", action="store_true", help="skip the loss comparison")
     p.add_argument("--json", type=Path, help="also write all results to this JSON file")
@@ -384,8 +408,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.worker is None and args.reference is None:
         p.error("--reference PATH (a clone of the authors' repository) is required")
-    if args.threads < 1 or args.batch < 1 or args.repeats < 1 or args.infer_repeats < 1:
-        p.error("--threads, --batch, --repeats and --infer-repeats must be positive")
+    if min(args.threads, args.batch, args.repeats, args.infer_repeats, args.rounds) < 1:
+        p.error("--threads, --batch, --repeats, --infer-repeats and --rounds must be positive")
     return args
 
 
@@ -398,49 +422,63 @@ def fmt_size(size) -> str:
     return f"{size[0]}x{size[1]}"
 
 
-def ratios(results: list[dict], kind: str, base: str, impl: str) -> dict | None:
-    by = {(r["impl"], tuple(r["size"])): r for r in results if r["kind"] == kind}
-    out = {}
-    for (name, size), mine in by.items():
-        theirs = by.get((base, size))
-        if name != impl or theirs is None:
-            continue
-        out[fmt_size(size)] = {
-            "speedup": theirs["median_s"] / mine["median_s"],
-            "memory_ratio": mine["peak_delta_mb"] / theirs["peak_delta_mb"],
-        }
-    return out or None
+RATIOS = (  # (label, kind, their variant, our variant)
+    ("distill: transkd vs reference as shipped", "distill", "ref", "ours"),
+    ("distill: transkd vs reference, teacher no_grad", "distill", "ref_nograd", "ours"),
+    ("distill: transkd channels_last vs reference", "distill", "ref", "ours_cl"),
+    ("distill: transkd bf16 autocast vs reference", "distill", "ref", "ours_bf16"),
+    ("infer: transkd vs reference student", "infer", "ref_student", "ours"),
+    ("infer: transkd vs reference TransKD eval path", "infer", "ref_transkd_eval", "ours"),
+    ("infer: transkd channels_last vs reference student", "infer", "ref_student", "ours_cl"),
+)
+
+
+def ratios(results: list[dict]) -> dict:
+    by = {(r["kind"], r["impl"], tuple(r["size"])): r for r in results}
+    table = {}
+    for label, kind, base, impl in RATIOS:
+        for (k, name, size), mine in by.items():
+            theirs = by.get((kind, base, size))
+            if k != kind or name != impl or theirs is None:
+                continue
+            table.setdefault(label, {})[fmt_size(size)] = {
+                "speedup": theirs["median_s"] / mine["median_s"],
+                "cpu_speedup": theirs["cpu_median_s"] / mine["cpu_median_s"],
+                "memory_ratio": mine["peak_delta_mb"] / theirs["peak_delta_mb"],
+            }
+    return table
+
+
+def _print_rows(rows: list[dict], names: dict[str, str], digits: int) -> None:
+    print(f"{'size':>9}  {'implementation':<31}{'median s':>9}{'min..max s':>17}{'CPU s':>8}"
+          f"{'peak+ MB':>10}  load (before/after, per round)")
+    for r in rows:
+        load = " ".join(f"{a:.1f}/{b:.1f}" for a, b in r["load"])
+        spread = f"{r['min_s']:.{digits}f}..{r['max_s']:.{digits}f}"
+        print(f"{fmt_size(r['size']):>9}  {names[r['impl']]:<31}{r['median_s']:9.{digits}f}{spread:>17}"
+              f"{r['cpu_median_s']:8.{digits}f}{r['peak_delta_mb']:10.0f}  {load}")
 
 
 def print_table(report: dict) -> None:
     cfg = report["config"]
-    print(f"\nTransKD-Base distillation step (B2 -> B0, batch {cfg['batch']}, {cfg['threads']} threads, "
-          f"median of {cfg['repeats']} after {cfg['warmup']} warm-up)")
-    head = f"{'size':>9}  {'implementation':<32}{'median s':>9}{'min..max s':>16}{'peak+ MB':>10}{'load':>11}"
-    print(head)
-    rows = [r for r in report["results"] if r["kind"] == "distill"]
-    for r in rows:
-        label = DISTILL_IMPLS[r["impl"]]
-        print(f"{fmt_size(r['size']):>9}  {label:<32}{r['median_s']:9.2f}"
-              f"{r['min_s']:8.2f}..{r['max_s']:<6.2f}{r['peak_delta_mb']:10.0f}"
-              f"{r['load_before']:6.1f}/{r['load_after']:<4.1f}")
-    print(f"\nStudent inference (1x3x{fmt_size(cfg['infer_size'])}, eval, inference_mode, "
-          f"median of {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
-    print(head)
-    for r in (r for r in report["results"] if r["kind"] == "infer"):
-        print(f"{fmt_size(r['size']):>9}  {INFER_IMPLS[r['impl']]:<32}{r['median_s']:9.3f}"
-              f"{r['min_s']:8.3f}..{r['max_s']:<6.3f}{r['peak_delta_mb']:10.0f}"
-              f"{r['load_before']:6.1f}/{r['load_after']:<4.1f}")
-    print("\nRatios (speed-up = their time / our time; memory = our peak+ / their peak+)")
-    for name, table in report["ratios"].items():
-        for size, v in (table or {}).items():
-            print(f"  {name:<44} {size:>9}: speed-up {v['speedup']:5.2f}x, memory {v['memory_ratio']:5.2f}x")
+    print(f"\nTransKD-Base distillation step (B2 -> B0, batch {cfg['batch']}, {cfg['threads']} threads; "
+          f"{cfg['rounds']} rounds x {cfg['repeats']} timed steps after {cfg['warmup']} warm-up)")
+    _print_rows([r for r in report["results"] if r["kind"] == "distill"], DISTILL_IMPLS, 2)
+    print(f"\nStudent inference (1x3x{fmt_size(cfg['infer_size'])}, eval + inference_mode; "
+          f"{cfg['rounds']} rounds x {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
+    _print_rows([r for r in report["results"] if r["kind"] == "infer"], INFER_IMPLS, 3)
+    print("\nRatios (speed-up = their median / our median, wall and CPU; memory = our peak+ / their peak+)")
+    for label, table in report["ratios"].items():
+        for size, v in table.items():
+            print(f"  {label:<50}{size:>9}: speed-up {v['speedup']:5.2f}x (CPU {v['cpu_speedup']:5.2f}x),"
+                  f" memory {v['memory_ratio']:5.2f}x")
     sanity = report.get("sanity")
     if sanity:
-        print(f"\nLoss sanity at {fmt_size(sanity['size'])} (same weights, no dropout): "
-              f"max relative difference {sanity['max_relative_difference']:.2e}")
+        print(f"\nLoss sanity at {fmt_size(sanity['size'])}, batch {cfg['batch']} (reference weights copied "
+              f"into ours, no dropout): max relative difference {sanity['max_relative_difference']:.1e}")
         for i, step in enumerate(sanity["steps"], 1):
-            terms = ", ".join(f"{k} {step['reference'][k]:.5g}/{step['ours'][k]:.5g}" for k in step["reference"])
+            terms = ", ".join(f"{k} {step['reference'][k]:.5g}/{step['ours'][k]:.5g}"
+                              for k in step["reference"])
             print(f"  step {i} (reference/ours): {terms}")
 
 
@@ -452,8 +490,6 @@ def main(argv: list[str] | None = None) -> int:
     reference = args.reference.resolve()
     common = {"threads": args.threads, "reference": str(reference)}
     specs = []
-    if not args.skip_sanity:
-        specs.append(dict(common, kind="sanity", size=args.sanity_size, batch=args.batch))
     for size in args.sizes:
         for impl in args.distill_impls:
             specs.append(dict(common, kind="distill", impl=impl, size=size, batch=args.batch,
@@ -461,34 +497,27 @@ def main(argv: list[str] | None = None) -> int:
     for impl in args.infer_impls:
         specs.append(dict(common, kind="infer", impl=impl, size=args.infer_size,
                           warmup=args.infer_warmup, repeats=args.infer_repeats))
-    results, sanity = [], None
-    for spec in specs:
-        print(f"running {spec['kind']} {spec.get('impl', '')} {fmt_size(spec['size'])} ...",
-              file=sys.stderr, flush=True)
-        out = spawn(spec)
-        if spec["kind"] == "sanity":
-            sanity = out
-        else:
-            results.append(out)
+    sanity = None
+    if not args.skip_sanity:
+        print(f"running sanity {fmt_size(args.sanity_size)} ...", file=sys.stderr, flush=True)
+        sanity = spawn(dict(common, kind="sanity", size=args.sanity_size, batch=args.batch))
+    runs: dict[tuple, list[dict]] = {}
+    for round_index in range(args.rounds):
+        for spec in specs:
+            print(f"round {round_index + 1}/{args.rounds}: {spec['kind']} {spec['impl']} "
+                  f"{fmt_size(spec['size'])} ...", file=sys.stderr, flush=True)
+            runs.setdefault((spec["kind"], spec["impl"], tuple(spec["size"])), []).append(spawn(spec))
+    results = [merge_rounds(r) for r in runs.values()]
     report = {
-        "config": {**vars(args), "reference": str(reference), "json": None, "worker": None,
-                   "sizes": [list(s) for s in args.sizes]},
+        "config": {**{k: v for k, v in vars(args).items() if k not in ("json", "worker")},
+                   "reference": str(reference), "sizes": [list(s) for s in args.sizes]},
         "machine": {"torch": torch.__version__, "python": platform.python_version(),
                     "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
                     "reference_commit": reference_commit(reference)},
         "results": results,
-        "ratios": {
-            "distill: transkd vs reference as shipped": ratios(results, "distill", "ref", "ours"),
-            "distill: transkd vs reference, teacher no_grad": ratios(results, "distill", "ref_nograd", "ours"),
-            "distill: transkd channels_last vs reference": ratios(results, "distill", "ref", "ours_cl"),
-            "distill: transkd bf16 vs reference": ratios(results, "distill", "ref", "ours_bf16"),
-            "infer: transkd vs reference student": ratios(results, "infer", "ref_student", "ours"),
-            "infer: transkd vs reference TransKD eval path": ratios(results, "infer", "ref_transkd_eval", "ours"),
-            "infer: transkd channels_last vs reference student": ratios(results, "infer", "ref_student", "ours_cl"),
-        },
+        "ratios": ratios(results),
         "sanity": sanity,
     }
-    report["ratios"] = {k: v for k, v in report["ratios"].items() if v}
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

@@ -61,6 +61,8 @@ class DataConfig:
     val_split: str = "val"
     #: Dataset-specific keyword arguments (e.g. the synthetic dataset's size).
     options: dict[str, Any] = field(default_factory=dict)
+    #: Options of the validation split that differ from ``options`` (e.g. a shorter synthetic split).
+    val_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -89,3 +89,12 @@ def test_invalid_options_are_rejected(options, message):
 
 def test_matches_pinned_values():
     assert_matches_pinned("ifvd")
+
+
+def test_mixed_precision_keeps_the_sums_in_fp32():
+    ctx = fake_context()
+    args = (ctx.student.features[3].detach(), ctx.teacher.features[3], ctx.targets, CLASSES)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = ifv_loss(*args)
+    assert mixed.dtype == torch.float32
+    assert mixed.item() == pytest.approx(ifv_loss(*args).item(), rel=1e-6)

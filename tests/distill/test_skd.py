@@ -100,3 +100,11 @@ def test_invalid_options_are_rejected(options, message):
 
 def test_matches_pinned_values():
     assert_matches_pinned("skd")
+
+
+def test_mixed_precision_keeps_similarities_in_fp32():
+    feature = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = node_similarity(feature, 0.5)
+    assert mixed.dtype == torch.float32
+    assert torch.allclose(mixed, node_similarity(feature, 0.5))

@@ -39,11 +39,12 @@ def prototype_similarity(feature: torch.Tensor, onehot: torch.Tensor) -> torch.T
 
     ``onehot`` (B, K, H, W) marks each labelled pixel's class; unlabelled pixels get 0.
     """
-    feature = feature.float()
-    counts = onehot.sum(dim=(2, 3)).clamp_min(1.0)                        # (B, K)
-    prototypes = torch.einsum("bkhw,bchw->bkc", onehot, feature) / counts[..., None]
-    per_pixel = torch.einsum("bkhw,bkc->bchw", onehot, prototypes)
-    return F.cosine_similarity(feature, per_pixel, dim=1, eps=1e-8)
+    with torch.autocast(feature.device.type, enabled=False):   # the sums stay in fp32
+        feature, onehot = feature.float(), onehot.float()
+        counts = onehot.sum(dim=(2, 3)).clamp_min(1.0)                        # (B, K)
+        prototypes = torch.einsum("bkhw,bchw->bkc", onehot, feature) / counts[..., None]
+        per_pixel = torch.einsum("bkhw,bkc->bchw", onehot, prototypes)
+        return F.cosine_similarity(feature, per_pixel, dim=1, eps=1e-8)
 
 
 def ifv_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,

@@ -39,9 +39,10 @@ def node_similarity(feature: torch.Tensor, pool_scale: float) -> torch.Tensor:
     """Cosine-similarity matrix (B, N, N) of the max-pooled nodes of a map (B, C, H, W)."""
     height, width = feature.shape[-2:]
     kernel = (max(1, int(height * pool_scale)), max(1, int(width * pool_scale)))
-    nodes = F.max_pool2d(feature.float(), kernel, stride=kernel, ceil_mode=True)
-    nodes = F.normalize(nodes.flatten(2), dim=1, eps=1e-8)
-    return nodes.transpose(1, 2) @ nodes
+    with torch.autocast(feature.device.type, enabled=False):   # the product stays in fp32
+        nodes = F.max_pool2d(feature.float(), kernel, stride=kernel, ceil_mode=True)
+        nodes = F.normalize(nodes.flatten(2), dim=1, eps=1e-8)
+        return nodes.transpose(1, 2) @ nodes
 
 
 def pairwise_similarity_loss(student: torch.Tensor, teacher: torch.Tensor,

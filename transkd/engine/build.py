@@ -7,6 +7,7 @@ so a run that fails here leaves no output behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,8 @@ def open_datasets(config: Config, train: bool = True, val_split: str | None = No
     data = config.data
     train_set = build_dataset(data.name, data.root, split=data.train_split, **data.options) \
         if train else None
-    val_set = build_dataset(data.name, data.root, split=val_split or data.val_split, **data.options)
+    val_set = build_dataset(data.name, data.root, split=val_split or data.val_split,
+                            **{**data.options, **data.val_options})
     for split_set in (train_set, val_set):
         if split_set is not None and len(split_set) == 0:
             raise ConfigError(f"split {split_set.split!r} of dataset {data.name!r} holds no samples")
@@ -104,10 +106,8 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
     architecture = meta.get("architecture")
     encoder_only = not any(k.startswith("decode_head.") for k in state)
     if architecture:
-        try:
+        with contextlib.suppress(ConfigError):  # an unregistered name: judge by the keys
             encoder_only = get_entry(architecture).kind == "encoder"
-        except ConfigError:
-            pass
     if encoder_only:
         state = {k.removeprefix("encoder."): v for k, v in state.items()}
         load_state_strict(model.encoder, state, source=f"model.init {path}")

@@ -369,7 +369,7 @@ class Trainer:
         """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
         device, accum = self.device, self.accum
         sums: dict[str, torch.Tensor] = {}
-        bad: tuple[str, float] | None = None
+        bad: tuple[str, float, int] | None = None
         data_time = 0.0
         step_start = time.perf_counter()
         autocast = (torch.autocast(device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
@@ -391,8 +391,9 @@ class Trainer:
                 finite = bool(torch.isfinite(terms["loss"]).item())
                 if any_true(not finite, self.env, device):
                     if bad is None:
-                        bad = first_non_finite(terms) if not finite else ("loss (another process)",
-                                                                          float("nan"))
+                        term = first_non_finite(terms) if not finite else ("loss (another process)",
+                                                                           float("nan"))
+                        bad = (*term, micro)
                     if self.env.enabled and sync:
                         self._zero_backward(model)  # DDP expects every rank to reduce this step
                     continue
@@ -405,7 +406,8 @@ class Trainer:
                 pos = self.position
                 raise NonFiniteLossError(
                     f"training stopped: loss term {bad[0]!r} is {bad[1]} at step {pos.step + 1} "
-                    f"(epoch {pos.epoch}, batch {pos.batch}); the last good checkpoint is "
+                    f"(epoch {pos.epoch}, batch {pos.batch + bad[2] + 1} of "
+                    f"{self.steps_per_epoch * accum}); the last good checkpoint is "
                     f"{self.checkpoint_path or 'not written yet'} (train.nonfinite=skip skips such steps)")
             return None
         if self.config.optim.grad_clip_norm is not None:

@@ -303,14 +303,17 @@ def unwrap_state_dict(obj, source: str = "checkpoint") -> dict[str, torch.Tensor
         if not isinstance(obj, Mapping) or not obj:
             kind = "empty" if isinstance(obj, Mapping) else type(obj).__name__
             raise CheckpointError(f"{source} holds no state dict (found {kind})")
+        # A container key wins over loose tensors beside it (the TransKD authors' training
+        # checkpoints keep ``best_acc`` as a 0-d tensor next to ``state_dict``).
+        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is not None:
+            obj = inner
+            continue
         if any(isinstance(v, torch.Tensor) for v in obj.values()):
             break
-        inner = next((obj[k] for k in _CONTAINER_KEYS if isinstance(obj.get(k), Mapping)), None)
-        if inner is None:
-            raise CheckpointError(
-                f"{source} holds no state dict: its top-level keys are {_shown(list(obj), 8)}, "
-                f"expected tensors or one of {', '.join(_CONTAINER_KEYS)}")
-        obj = inner
+        raise CheckpointError(
+            f"{source} holds no state dict: its top-level keys are {_shown(list(obj), 8)}, "
+            f"expected tensors or one of {', '.join(_CONTAINER_KEYS)}")
     not_tensors = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
         raise CheckpointError(f"{source} mixes tensors with other values under "

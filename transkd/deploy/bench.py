@@ -1,0 +1,251 @@
+"""Latency and throughput of a network on this machine, next to the machine's own matmul peak.
+
+Runs on the CPU. Backends: eager PyTorch (``torch.inference_mode``), ``torch.compile`` and onnxruntime (CPU, the
+graph ``transkd export`` writes). Each is warmed up, then timed ``repeats`` times, one forward of
+the whole batch per repeat; the summary is the median with the interquartile range and min/max.
+Achieved GFLOP/s divide the FLOPs of one forward (``transkd.profile.count_flops_total``: torch's
+flop counter, attention included) by the median latency, and sit next to a ``torch.mm`` of two
+fp32 square matrices timed in the same run on the same thread count — a practical ceiling for
+this machine — so the distance to the limit is visible. A backend that fails to build or run is
+reported as "unavailable" with the reason instead of stopping the benchmark.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+BACKENDS = ("eager", "compile", "onnxruntime")
+
+
+def summarize(seconds: Sequence[float]) -> dict[str, float]:
+    """Median, quartiles, min and max of timings, in milliseconds."""
+    ms = sorted(s * 1e3 for s in seconds)
+    if len(ms) >= 2:
+        q25, _, q75 = statistics.quantiles(ms, n=4, method="inclusive")
+    else:
+        q25 = q75 = ms[0]
+    return {"median_ms": statistics.median(ms), "q25_ms": q25, "q75_ms": q75, "min_ms": ms[0],
+            "max_ms": ms[-1], "repeats": len(ms)}
+
+
+def time_runs(run: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        run()
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return timings
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[int]:
+    """Run with ``threads`` intra-op threads (the current count if None), restored afterwards."""
+    previous = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous)
+
+
+def matmul_peak(size: int = 2048, warmup: int = 1, repeats: int = 5) -> dict[str, Any]:
+    """GFLOP/s of ``torch.mm`` on two fp32 ``size``×``size`` matrices (2·size³ FLOPs per call)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator)
+    b = torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+    flops = 2 * size ** 3
+    with torch.inference_mode():
+        timings = time_runs(lambda: torch.mm(a, b, out=out), warmup, repeats)
+    latency = summarize(timings)
+    return {"what": f"torch.mm fp32 {size}x{size} @ {size}x{size}", "flops_per_call": flops,
+            "latency": latency, "gflops_per_s": flops / (latency["median_ms"] / 1e3) / 1e9}
+
+
+def _eager(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
+    def run():
+        with torch.inference_mode():
+            return model(images)
+    return run
+
+
+def _compiled(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
+    compiled = torch.compile(model, backend=options["compile_backend"])
+
+    def run():
+        with torch.inference_mode():
+            return compiled(images)
+    run()  # compilation happens here, so it counts as set-up, not warm-up
+    return run
+
+
+def _onnxruntime(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
+    from .export import export_onnx, onnx_session
+
+    path = Path(options["workdir"]) / "model.onnx"
+    export_onnx(model, path, input_size=images.shape[-2:], exporter=options["exporter"],
+                check_sizes=[tuple(images.shape[:1]) + tuple(images.shape[-2:])],
+                tolerance=options["onnx_tolerance"])
+    session = onnx_session(path, threads=options["threads"])
+    feed = {session.get_inputs()[0].name: images.numpy()}
+    return lambda: session.run(None, feed)
+
+
+_BUILDERS = {"eager": _eager, "compile": _compiled, "onnxruntime": _onnxruntime}
+_DESCRIPTIONS = {
+    "eager": "PyTorch eager, inference_mode",
+    "compile": "torch.compile (backend {compile_backend}), inference_mode",
+    "onnxruntime": "onnxruntime CPU, graph from the {exporter} exporter",
+}
+
+
+def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), batch: int = 1,
+                threads: int | None = None, repeats: int = 10, warmup: int = 3,
+                backends: Sequence[str] = BACKENDS, exporter: str = "dynamo",
+                compile_backend: str = "inductor", peak_size: int = 2048, onnx_tolerance: float = 1e-3,
+                source: str = "") -> dict[str, Any]:
+    """Time ``model`` on a random (batch, 3, H, W) input with each backend; see the module docstring.
+
+    Returns a JSON-ready dict: the setting (model, input, batch, threads, load average), the
+    FLOPs per forward, the matmul peak and one row per backend.
+    """
+    from ..profile import FLOPS_CONVENTION, count_flops_total
+
+    height, width = _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size)
+    model.eval().cpu()
+    images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
+    load_before = _load_average()
+    with torch_threads(threads) as used_threads, tempfile.TemporaryDirectory(prefix="transkd-bench-") as tmp:
+        flops = count_flops_total(model, images)
+        peak = matmul_peak(peak_size, warmup=1, repeats=max(3, min(repeats, 10)))
+        options = {"compile_backend": compile_backend, "exporter": exporter, "threads": used_threads,
+                   "workdir": tmp, "onnx_tolerance": onnx_tolerance}
+        rows = [_bench_backend(name, model, images, options, warmup, repeats, flops, peak)
+                for name in backends]
+    return {
+        "model": getattr(model, "model_name", type(model).__name__),
+        "num_classes": getattr(model, "num_classes", None),
+        "weights": source,
+        "input_size": [batch, 3, height, width],
+        "batch": batch,
+        "threads": used_threads,
+        "repeats": repeats,
+        "warmup": warmup,
+        "flops_per_forward": flops,
+        "flops_convention": FLOPS_CONVENTION,
+        "peak": peak,
+        "rows": rows,
+        "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
+                    "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                    "load_average_before": load_before, "load_average_after": _load_average(),
+                    "torch": torch.__version__, "onnxruntime": _onnxruntime_version()},
+    }
+
+
+def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size) -> tuple[int, int]:
+    size = tuple(input_size)
+    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+        raise ConfigError(f"input size must be two positive integers (height width), got {size!r}")
+    for name, value, low in (("batch", batch, 1), ("repeats", repeats, 1), ("warmup", warmup, 0),
+                             ("peak size", peak_size, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown or not backends:
+        raise ConfigError(f"backends must be among {', '.join(BACKENDS)}, got {', '.join(backends) or 'none'}")
+    return size
+
+
+def _bench_backend(name: str, model: nn.Module, images: torch.Tensor, options: dict[str, Any],
+                   warmup: int, repeats: int, flops: int, peak: dict[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {"backend": name, "what": _DESCRIPTIONS[name].format(**options)}
+    try:
+        start = time.perf_counter()
+        run = _BUILDERS[name](model, images, options)
+        row["setup_s"] = time.perf_counter() - start
+        timings = time_runs(run, warmup, repeats)
+    except Exception as exc:  # a backend that cannot build or run is a result, not a crash
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        row.update(status="unavailable", reason=f"{type(exc).__name__}: {reason}"[:300])
+        return row
+    latency = summarize(timings)
+    seconds = latency["median_ms"] / 1e3
+    achieved = flops / seconds / 1e9
+    row.update(status="ok", latency=latency, images_per_s=images.shape[0] / seconds,
+               gflops_per_s=achieved, fraction_of_peak=achieved / peak["gflops_per_s"])
+    return row
+
+
+def _load_average() -> list[float] | None:
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
+
+
+def format_bench(result: dict[str, Any]) -> str:
+    """The result as an aligned table whose every number says what it is."""
+    shape = "x".join(map(str, result["input_size"]))
+    machine = result["machine"]
+    load = machine["load_average_before"]
+    load_text = (f"load average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} (1/5/15 min) on "
+                 f"{machine['cpu_count']} CPUs" if load else "load average unknown")
+    lines = [
+        f"{result['model']} · {result['num_classes']} classes · {result['weights']}",
+        f"input {shape} (batch {result['batch']}) · {result['threads']} thread(s) · "
+        f"{result['repeats']} timed repeats after {result['warmup']} warm-up · {load_text}",
+        f"FLOPs per forward: {result['flops_per_forward'] / 1e9:.2f} G ({result['flops_convention']})",
+        "",
+        f"  {'backend':<12} {'latency ms: median':>18} {'IQR':>17} {'min-max':>17} {'images/s':>9} "
+        f"{'GFLOP/s':>8} {'of peak':>8}",
+    ]
+    for row in result["rows"]:
+        if row["status"] != "ok":
+            lines.append(f"  {row['backend']:<12} unavailable: {row['reason']}")
+            continue
+        lat = row["latency"]
+        lines.append(
+            f"  {row['backend']:<12} {lat['median_ms']:>18.1f} {_span(lat['q25_ms'], lat['q75_ms']):>17} "
+            f"{_span(lat['min_ms'], lat['max_ms']):>17} {row['images_per_s']:>9.2f} "
+            f"{row['gflops_per_s']:>8.1f} {100 * row['fraction_of_peak']:>7.1f}%")
+    peak = result["peak"]
+    lines.append(f"  {'peak':<12} {peak['what']}: {peak['gflops_per_s']:.1f} GFLOP/s (median of "
+                 f"{peak['latency']['repeats']}, {peak['latency']['median_ms']:.1f} ms per call, same threads)")
+    notes = [f"{row['backend']}: {row['what']}" + (f", set-up {row['setup_s']:.1f} s" if "setup_s" in row else "")
+             for row in result["rows"]]
+    lines.append("  " + "; ".join(notes))
+    after = machine["load_average_after"]
+    if after:
+        lines.append(f"  load average after: {after[0]:.2f} / {after[1]:.2f} / {after[2]:.2f}")
+    return "\n".join(lines)
+
+
+def _span(low: float, high: float) -> str:
+    return f"{low:.1f}-{high:.1f}"

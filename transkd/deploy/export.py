@@ -1,0 +1,259 @@
+"""Export the student alone: ONNX with dynamic batch, height and width, or a re-saved safetensors.
+
+Two exporters of torch 2.13 handle these networks (SDPA attention, interpolation to a size read
+from the input) with identical numbers:
+
+- ``"dynamo"`` (default): ``torch.onnx.export(dynamo=True)`` on ``torch.export`` with
+  ``Dim.DYNAMIC`` batch/height/width — torch's default and maintained exporter (opset 18+).
+- ``"torchscript"``: the legacy tracer with ``dynamic_axes``; about 15× faster to export, but
+  deprecated by torch.
+
+The graph takes the normalised image (batch, 3, height, width) float32 and returns logits
+(batch, classes, ⌈height/4⌉, ⌈width/4⌉), like ``model(x)``. It runs at any size the PyTorch model
+accepts — odd sizes included; MiT/PVTv2 need both sides ≥ 29 px (the stage-1 spatial reduction
+is an 8×8 conv on the 1/4 grid). Before the file appears, onnxruntime runs it on random inputs of
+sizes other than the export size and compares it with PyTorch; a difference above the tolerance
+means no file is written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ConfigError, TranskdError
+from ..weights.io import atomic_write, save_model
+from . import Student
+
+EXPORTERS = ("dynamo", "torchscript")
+FORMATS = ("onnx", "safetensors")
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+#: The legacy exporter's opset when none is asked for (the dynamo exporter picks its own).
+TORCHSCRIPT_DEFAULT_OPSET = 17
+#: Metadata every saved student has; the rest is copied as-is on re-export.
+CORE_METADATA = ("architecture", "num_classes", "mean", "std", "format_version")
+
+
+class ExportError(TranskdError):
+    """The export failed or its result does not match PyTorch."""
+
+
+@dataclass
+class ParityCheck:
+    """One onnxruntime-vs-PyTorch comparison on a random input."""
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+    max_abs_diff: float
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    format: str
+    exporter: str | None = None
+    opset: int | None = None
+    export_size: tuple[int, int] | None = None
+    tolerance: float | None = None
+    checks: list[ParityCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max((c.max_abs_diff for c in self.checks), default=0.0)
+
+
+def default_check_sizes(height: int, width: int) -> list[tuple[int, int, int]]:
+    """Two (batch, height, width) inputs unlike the export one: larger, then batch 2 at odd sizes."""
+    larger = (1, height + 32, width + 32)
+    odd = (2, max(33, height // 2 + 1), max(33, width // 2 + 3))
+    if odd[1:] == (height, width):
+        odd = (2, height + 1, width + 3)
+    return [larger, odd]
+
+
+def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int] = (512, 1024),
+                opset: int | None = None, exporter: str = "dynamo",
+                check_sizes: Sequence[Sequence[int]] | None = None, tolerance: float | None = 1e-4,
+                metadata: dict[str, Any] | None = None) -> ExportResult:
+    """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime.
+
+    ``check_sizes`` are (batch, height, width) inputs (default :func:`default_check_sizes`);
+    ``tolerance`` None skips the check. ``metadata`` goes into the ONNX ``metadata_props``
+    (JSON-encoded values) so the file carries classes, palette and normalisation along.
+    """
+    if exporter not in EXPORTERS:
+        raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance >= 0):
+        raise ConfigError(f"tolerance must be a non-negative number, got {tolerance!r}")
+    if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
+        raise ConfigError(f"opset must be an integer of at least 7, got {opset!r}")
+    path = _output_file(path)
+    height, width = (int(v) for v in input_size)
+    sizes = [tuple(int(v) for v in s) for s in (check_sizes or default_check_sizes(height, width))]
+    model.eval()
+    result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance)
+    start = time.perf_counter()
+
+    def write(tmp: str) -> None:
+        _export_graph(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
+                      tmp, exporter, opset)
+        result.opset = _finish_onnx(tmp, model, metadata)
+        if tolerance is None:
+            return
+        result.checks = check_parity(model, tmp, sizes)
+        worst = max(result.checks, key=lambda c: c.max_abs_diff)
+        if not worst.max_abs_diff <= tolerance:  # also catches NaN
+            raise ExportError(
+                f"the ONNX graph differs from PyTorch by up to {worst.max_abs_diff:.3g} (input "
+                f"{'x'.join(map(str, worst.input_shape))}), above the tolerance {tolerance:g}; "
+                f"nothing was written to {path}")
+
+    atomic_write(path, write)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _output_file(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"output {path} is a folder; give a file name such as {path / 'student.onnx'}")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise ConfigError(f"cannot write {path}: {path.parent} is a file, not a folder")
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """Hide the exporters' progress lines, deprecation notes and tracer warnings (all expected)."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def _run_eager(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """``model(images)`` as float32 on the CPU; a model that cannot take this size is a ConfigError."""
+    param = next(model.parameters())
+    try:
+        with torch.inference_mode():
+            return model(images.to(param.device)).float().cpu()
+    except RuntimeError as exc:
+        name = getattr(model, "model_name", type(model).__name__)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        size = "x".join(map(str, images.shape))
+        raise ConfigError(f"{name} cannot run on an input of {size} ({reason})") from None
+
+
+def _export_graph(model: nn.Module, sample: torch.Tensor, path: str, exporter: str, opset: int | None) -> None:
+    name = getattr(model, "model_name", type(model).__name__)
+    _run_eager(model, sample)
+    try:
+        with _quiet_exporter(), torch.no_grad():
+            if exporter == "dynamo":
+                dynamic = torch.export.Dim.DYNAMIC
+                program = torch.onnx.export(
+                    model, (sample,), dynamo=True, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: dynamic, 2: dynamic, 3: dynamic},), opset_version=opset,
+                    verbose=False)
+                program.save(path, external_data=False)
+            else:
+                axes = {INPUT_NAME: {0: "batch", 2: "height", 3: "width"},
+                        OUTPUT_NAME: {0: "batch", 2: "logit_height", 3: "logit_width"}}
+                torch.onnx.export(model, (sample,), path, dynamo=False, input_names=[INPUT_NAME],
+                                  output_names=[OUTPUT_NAME], dynamic_axes=axes,
+                                  opset_version=opset or TORCHSCRIPT_DEFAULT_OPSET, verbose=False)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        other = "torchscript" if exporter == "dynamo" else "dynamo"
+        raise ExportError(f"exporting {name} at {sample.shape[2]}x{sample.shape[3]} with the {exporter} "
+                          f"exporter failed ({reason}); the {other} exporter may work") from exc
+
+
+def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -> int:
+    """Store the student's metadata in the graph; returns the default-domain opset."""
+    import onnx
+
+    graph = onnx.load(path)
+    props = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    props.update(
+        input=f"{INPUT_NAME}: float32 (batch, 3, height, width), RGB scaled to [0, 1] then normalised "
+              "with 'mean'/'std'",
+        output=f"{OUTPUT_NAME}: float32 (batch, classes, ceil(height/4), ceil(width/4))",
+        producer="transkd")
+    props.setdefault("architecture", json.dumps(getattr(model, "model_name", type(model).__name__)))
+    props.setdefault("num_classes", json.dumps(getattr(model, "num_classes", None)))
+    del graph.metadata_props[:]
+    for key, value in sorted(props.items()):
+        graph.metadata_props.add(key=key, value=value)
+    onnx.save(graph, path)
+    return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
+
+
+def onnx_session(path: str | Path, threads: int | None = None):
+    """An onnxruntime CPU session; ``threads`` fixes the intra-op thread count."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int]],
+                 seed: int = 0) -> list[ParityCheck]:
+    """Max |onnxruntime − PyTorch| of the logits on random inputs of each (batch, height, width)."""
+    session = onnx_session(onnx_path)
+    input_name = session.get_inputs()[0].name
+    generator = torch.Generator().manual_seed(seed)
+    checks = []
+    for batch, height, width in sizes:
+        images = torch.randn(batch, 3, height, width, generator=generator)
+        expected = _run_eager(model, images).numpy()
+        actual = session.run(None, {input_name: images.numpy()})[0]
+        if actual.shape != expected.shape:
+            raise ExportError(f"the ONNX graph gives logits of shape {actual.shape} for input "
+                              f"{batch}x3x{height}x{width}, PyTorch {expected.shape}")
+        diff = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
+        checks.append(ParityCheck((batch, 3, height, width), tuple(actual.shape),
+                                  diff if math.isfinite(diff) else math.inf))
+    return checks
+
+
+def export_student(student: Student, path: str | Path, *, format: str | None = None,
+                   **onnx_options: Any) -> ExportResult:
+    """Export a loaded student as ``format`` ("onnx", "safetensors"; default from the file suffix)."""
+    path = Path(path)
+    format = format or ("safetensors" if path.suffix.lower() == ".safetensors" else "onnx")
+    if format not in FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
+    extra = {k: v for k, v in student.metadata.items() if k not in CORE_METADATA}
+    if format == "safetensors":
+        start = time.perf_counter()
+        saved = save_model(student.model, _output_file(path), **extra)
+        return ExportResult(saved, "safetensors", seconds=time.perf_counter() - start)
+    metadata = {"architecture": student.name, "num_classes": int(student.model.num_classes),
+                "mean": list(student.mean), "std": list(student.std),
+                "class_names": list(student.class_names), "palette": [list(c) for c in student.palette],
+                **{k: v for k, v in extra.items() if k not in ("class_names", "palette")}}
+    return export_onnx(student.model, path, metadata=metadata, **onnx_options)
