@@ -132,6 +132,9 @@ class TrainConfig:
     sync_bn: bool = False
     #: Keep every BatchNorm of the trainable part in inference mode (running statistics).
     freeze_bn: bool = False
+    #: Multi-GPU only: let DDP tolerate parameters that get no gradient in a step (a method that
+    #: uses part of its adapters per step); off, as every built-in method uses all of them.
+    find_unused_parameters: bool = False
     #: Write TensorBoard event files next to metrics.jsonl.
     tensorboard: bool = True
 

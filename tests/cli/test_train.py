@@ -10,7 +10,8 @@ from transkd.cli import main
 from transkd.models import create_model
 from transkd.weights.io import save_model
 
-TINY = ["--set", "data.options={length: 8, size: [32, 64]}", "--set", "protocol.image_size=[32, 64]",
+TINY = ["--set", "data.options={length: 8, size: [32, 64]}", "--set", "data.val_options={length: 4}",
+        "--set", "protocol.image_size=[32, 64]",
         "--set", "train.batch_size=2", "--set", "train.epochs=1", "--set", "train.num_workers=0",
         "--set", "train.tensorboard=false", "--set", "eval.batch_size=4"]
 
@@ -41,8 +42,14 @@ def test_train_then_eval_then_resume(tmp_path, capsys):
 
     code, out, err = cli(capsys, "eval", str(run_dir))
     assert code == 0, err
-    assert "synthetic val, protocol paper" in out and "8 images" in out
+    assert "synthetic val, protocol paper" in out and "4 images" in out
     assert "road" in out and "IoU %" in out and "pixel accuracy" in out
+
+    # a bare weights file carries its dataset and pipeline in its metadata
+    code, out, err = cli(capsys, "eval", str(run_dir / "last" / "student.safetensors"),
+                         "--set", "data.val_options={length: 4}")
+    assert code == 0, err
+    assert "synthetic val, protocol paper, input 32x64 (HxW)" in out
 
     code, out, err = cli(capsys, "eval", str(run_dir), "--json")
     record = json.loads(out)
@@ -99,11 +106,11 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(tmp_path, capsys, case):
         "output_under_file": "cannot be created",
         "missing_config": "does not exist",
     }[case]
+    camvid = ["--set", "data.name=camvid", "--set", "data.options={}", "--set", "data.val_options={}"]
     if case == "missing_root":
-        args += ["--set", "data.name=camvid", "--set", "data.options={}", "--data", str(tmp_path / "nope")]
+        args += [*camvid, "--data", str(tmp_path / "nope")]
     elif case == "missing_split":
-        root = _fake_camvid(tmp_path / "camvid")
-        args += ["--set", "data.name=camvid", "--set", "data.options={}", "--data", str(root)]
+        args += [*camvid, "--data", str(_fake_camvid(tmp_path / "camvid"))]
     elif case == "batch_too_large":
         args += ["--set", "train.batch_size=16"]
     elif case == "teacher_classes":

@@ -14,6 +14,7 @@ from transkd.weights.io import load_model, read_safetensors, save_model
 
 TINY = [
     "data.options={length: 8, size: [32, 64]}",
+    "data.val_options={length: 4}",
     "protocol.image_size=[32, 64]",
     "train.batch_size=2",
     "train.epochs=2",
@@ -58,7 +59,7 @@ def test_plain_training_writes_the_run_folder(tmp_path):
 
 
 def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
-    extra = ["train.epochs=3", "train.checkpoint_interval=100", "schedule.kind=paper"]
+    extra = ["train.epochs=2", "train.checkpoint_interval=100", "model.options={drop_path_rate: 0.2}"]
     reference = run_module.run(tiny_config(tmp_path, *extra, name="straight"))
     assert reference.status == "completed"
 
@@ -67,17 +68,17 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
 
     def interrupting(self, *args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 7:  # mid-epoch 1, after 6 completed steps
+        if calls["n"] == 6:  # mid-epoch 1, after 5 completed steps
             raise KeyboardInterrupt
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(Trainer, "_train_step", interrupting)
     config = tiny_config(tmp_path, *extra, name="resumed")
     first = run_module.run(config)
-    assert first.status == "interrupted" and first.steps == 6
+    assert first.status == "interrupted" and first.steps == 5
     monkeypatch.setattr(Trainer, "_train_step", original)
     resumed = run_module.run(config, resume="auto")
-    assert resumed.status == "completed" and resumed.steps == 12
+    assert resumed.status == "completed" and resumed.steps == 8
 
     a = state_of(tmp_path / "straight" / "last" / "student.safetensors")
     b = state_of(tmp_path / "resumed" / "last" / "student.safetensors")
@@ -174,7 +175,8 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
         return value * float("nan") if calls["n"] == 3 else value
 
     monkeypatch.setattr("transkd.engine.build.cross_entropy_loss", poisoned)
-    with pytest.raises(NonFiniteLossError, match=r"loss term 'ce' is nan at step 3 \(epoch 0, batch 3 of 4\)"):
+    message = r"loss term 'ce' is nan at step 3 \(epoch 0, batch 3 of 4\)"
+    with pytest.raises(NonFiniteLossError, match=message):
         run_module.run(tiny_config(tmp_path, name="stop"))
 
     calls["n"] = 0

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from transkd.errors import CheckpointError
 from transkd.models import create_model, list_models
-from transkd.weights import export_state_dict
+from transkd.weights import export_state_dict, unwrap_state_dict
 from transkd.weights.infer import (
     Structure,
     encoder_configs,
@@ -37,14 +37,14 @@ def model(name: str, num_classes: int | None = 19) -> torch.nn.Module:
 
 
 INFERENCE = [
-    ("segformer_b0", "nvlabs", "legacy", "stage widths 32/64/160/256, blocks 2, MLP ratio 4, "
+    ("segformer_b0", "nvlabs", "legacy", "stage widths 32/64/160/256, blocks 2/2/2/2, MLP ratio 4/4/4/4, "
      "SR ratio 8/4/2/1, All-MLP head D=256, 7 classes"),
     ("segformer_b0", "hf", "stages", "All-MLP head D=256, 7 classes"),
     ("segformer_b0", "transkd", "legacy", "stage widths 32/64/160/256"),
-    ("segformer_b2", "nvlabs", "legacy", "stage widths 64/128/320/512, blocks 3/4/6/3, MLP ratio 4, "
+    ("segformer_b2", "nvlabs", "legacy", "stage widths 64/128/320/512, blocks 3/4/6/3, MLP ratio 4/4/4/4, "
      "SR ratio 8/4/2/1, All-MLP head D=768, 7 classes"),
     ("segformer_b2", "hf", "legacy", "blocks 3/4/6/3"),
-    ("pvtv2_b0_fpn", "nvlabs", "legacy", "stage widths 32/64/160/256, blocks 2, MLP ratio 8/8/4/4, "
+    ("pvtv2_b0_fpn", "nvlabs", "legacy", "stage widths 32/64/160/256, blocks 2/2/2/2, MLP ratio 8/8/4/4, "
      "SR ratio 8/4/2/1, Semantic FPN head (256 channels), 7 classes"),
     ("pvtv2_b0_fpn", "mmseg", "legacy", "MLP ratio 8/8/4/4"),
 ]
@@ -114,12 +114,15 @@ def test_distiller_prefix_keeps_the_student_and_names_the_rest():
     state, student, left_out = select_student(checkpoint)
     assert student == "student." and left_out == ["embed1_linearproject", "patch_embed1", "skfs"]
     assert state.keys() == flat.keys()
+    # The library unwrapper, too, looks past the 0-d best_acc tensor beside state_dict.
+    assert "student.block1.0.attn.q.weight" in unwrap_state_dict(checkpoint)
 
 
 def test_student_under_a_key_or_chosen_by_prefix():
     flat = _authors_flat()
     teacher = {"t_net." + k: v for k, v in _authors_flat("segformer_b2").items()}
-    state, student, left_out = select_student({"state_dict": {"s_net": flat, "t_net": {}}})
+    state, student, left_out = select_student({"state_dict": {"s_net": flat, "t_net": {}},
+                                               "best_acc": torch.tensor(0.7)})
     assert (student, left_out) == ("s_net", ["t_net"]) and state.keys() == flat.keys()
     both = {**{"s_net.module." + k: v for k, v in flat.items()}, **teacher}
     assert select_student(both)[0].keys() == flat.keys()

@@ -68,6 +68,13 @@ def class_table(class_names: Sequence[str], iou: Sequence[float],
     return "\n".join(lines)
 
 
+def progress_line(message: str) -> None:
+    """A line printed above a running progress bar without breaking it."""
+    from tqdm import tqdm
+
+    tqdm.write(message, file=sys.stdout)
+
+
 def say(message: str = "", enabled: bool = True) -> None:
     if enabled:
         print(message, file=sys.stdout, flush=True)
@@ -84,7 +91,7 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
         if plan.resume is not None:
             say(f"resuming from {plan.resume}", main)
         say(f"run folder: {plan.run_dir}", main)
-        result = execute(plan)
+        result = execute(plan, announce=progress_line)
     finally:
         cleanup_distributed(plan.env)
     if not main:

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--input-size", type=int, nargs=2, default=(512, 1024), metavar=("H", "W"),
                         help="input height and width (default 512 1024)")
     parser.add_argument("--batch", type=int, default=1, metavar="B", help="images per forward (default 1)")
-    parser.add_argument("--threads", type=int, metavar="N", help="intra-op threads (default: torch's current)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="intra-op threads (default: torch's current count)")
     parser.add_argument("--repeats", type=int, default=10, metavar="R", help="timed runs (default 10)")
     parser.add_argument("--warmup", type=int, default=3, metavar="W", help="untimed runs first (default 3)")
     parser.add_argument("--backends", nargs="+", default=["eager", "compile", "onnxruntime"],

@@ -22,9 +22,11 @@ from typing import Any
 
 from ..errors import CheckpointError, ConfigError
 
-TARGETS = ("transkd", "nvlabs", "mmseg", "hf")
+#: ``--to`` choices and how the summary names what they write.
+TARGETS = {"transkd": "transkd safetensors", "nvlabs": "NVlabs naming, torch.save",
+           "mmseg": "mmseg naming, torch.save", "hf": "Hugging Face folder"}
 _HF_EPS_NOTE = ("Hugging Face Segformer runs its block LayerNorms with eps 1e-5 where transkd and "
-                "NVlabs use 1e-6, so logits differ slightly (about 1e-3)")
+                "NVlabs use 1e-6, so its logits differ slightly from transkd's on the same weights")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     classes, classes_line = class_metadata(args, source, model)
     written = write_output(model, architecture, source, out, args.to, classes)
     params = sum(p.numel() for p in model.parameters())
-    print(f"wrote     {out} ({args.to}): {architecture}{_classes_phrase(model)}, {written} tensors, "
+    print(f"wrote     {out} ({TARGETS[args.to]}): {architecture}{_classes_phrase(model)}, {written} tensors, "
           f"{params:,} parameters ({params / 1e6:.2f} M)")
     print(f"input     {_norm_phrase(mean, std)} ({why})")
     if getattr(model, "num_classes", None) is not None:
@@ -268,6 +270,7 @@ def write_output(model, architecture: str, source, out: Path, target: str,
     """Write ``model`` to ``out`` in ``target`` naming; return how many tensors were written."""
     import torch
 
+    from ..models.heads import SegFormerHead
     from ..weights.convert import export_state_dict
     from ..weights.io import atomic_write, model_metadata, save_state_dict
 
@@ -284,6 +287,9 @@ def write_output(model, architecture: str, source, out: Path, target: str,
         return len(state)
     if target == "hf":
         return write_hf_folder(model, out, classes)
+    if target == "mmseg" and not is_encoder and isinstance(model.decode_head, SegFormerHead):
+        raise ConfigError("--to mmseg: mmseg's SegformerHead is not the NVlabs All-MLP head, so only "
+                          "the encoder maps; add --encoder-only, or use --to nvlabs")
     state = export_state_dict(model, target)
     atomic_write(out, lambda tmp: torch.save(state, tmp))
     return len(state)

@@ -53,14 +53,17 @@ def run(args: argparse.Namespace) -> int:
 
     weights, run_config = locate(args.weights, args.last)
     _, meta = read_safetensors(weights)
-    base = read_yaml(run_config) if run_config is not None and args.config is None else None
-    extra = []
-    if args.dataset is not None:
-        extra.append(f"data.name={_quoted(args.dataset)}")
-    elif base is None and args.config is None and meta.get("dataset"):
-        extra.append(f"data.name={_quoted(meta['dataset'])}")
-    if base is None and args.config is None and meta.get("protocol"):
-        extra.append(f"protocol.name={_quoted(meta['protocol'])}")
+    base = None
+    if args.config is None:
+        if run_config is not None:
+            base = read_yaml(run_config)
+        else:  # a bare weights file: the dataset and pipeline it was trained with
+            base = {}
+            if meta.get("dataset"):
+                base["data"] = {"name": meta["dataset"]}
+            if isinstance(meta.get("protocol_options"), dict):
+                base["protocol"] = meta["protocol_options"]
+    extra = [f"data.name={_quoted(args.dataset)}"] if args.dataset is not None else []
     config = config_from_args(args, extra, base=base)
     split = args.split or config.data.val_split
     bundle = build.open_datasets(config, train=False, val_split=split)

@@ -58,7 +58,8 @@ def run(args: argparse.Namespace) -> int:
     for check in result.checks:
         shape = "x".join(map(str, check.input_shape))
         out = "x".join(map(str, check.output_shape))
-        print(f"  parity input {shape} -> logits {out}: max |onnxruntime - pytorch| = {check.max_abs_diff:.2e}")
+        print(f"  parity input {shape} -> logits {out}: "
+              f"max |onnxruntime - pytorch| = {check.max_abs_diff:.2e}")
     print(f"wrote {result.path} (ONNX opset {result.opset}, {args.exporter} exporter, exported at "
           f"{size[0]}x{size[1]}, dynamic batch/height/width; max abs diff {result.max_abs_diff:.2e} "
           f"<= tolerance {args.tolerance:g}; {result.seconds:.1f} s)")

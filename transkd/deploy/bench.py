@@ -1,13 +1,14 @@
 """Latency and throughput of a network on this machine, next to the machine's own matmul peak.
 
-Runs on the CPU. Backends: eager PyTorch (``torch.inference_mode``), ``torch.compile`` and onnxruntime (CPU, the
-graph ``transkd export`` writes). Each is warmed up, then timed ``repeats`` times, one forward of
-the whole batch per repeat; the summary is the median with the interquartile range and min/max.
-Achieved GFLOP/s divide the FLOPs of one forward (``transkd.profile.count_flops_total``: torch's
-flop counter, attention included) by the median latency, and sit next to a ``torch.mm`` of two
-fp32 square matrices timed in the same run on the same thread count — a practical ceiling for
-this machine — so the distance to the limit is visible. A backend that fails to build or run is
-reported as "unavailable" with the reason instead of stopping the benchmark.
+Runs on the CPU. Backends: eager PyTorch (``torch.inference_mode``), ``torch.compile`` and
+onnxruntime (the graph ``transkd export`` writes). Each is warmed up, then timed ``repeats``
+times, one forward of the whole batch per repeat; the summary is the median with the
+interquartile range and min/max. Achieved GFLOP/s divide the FLOPs of one forward
+(``transkd.profile.count_flops_total``: torch's flop counter, attention included) by the median
+latency, and sit next to a ``torch.mm`` of two fp32 square matrices timed in the same run on the
+same thread count — a practical ceiling for this machine — so the distance to the limit is
+visible. A backend that fails to build or run is reported as "unavailable" with the reason
+instead of stopping the benchmark.
 """
 
 from __future__ import annotations
@@ -171,7 +172,8 @@ def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_s
         raise ConfigError(f"threads must be a positive integer, got {threads!r}")
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown or not backends:
-        raise ConfigError(f"backends must be among {', '.join(BACKENDS)}, got {', '.join(backends) or 'none'}")
+        raise ConfigError(f"backends must be among {', '.join(BACKENDS)}, "
+                          f"got {', '.join(backends) or 'none'}")
     return size
 
 
@@ -236,11 +238,13 @@ def format_bench(result: dict[str, Any]) -> str:
             f"{_span(lat['min_ms'], lat['max_ms']):>17} {row['images_per_s']:>9.2f} "
             f"{row['gflops_per_s']:>8.1f} {100 * row['fraction_of_peak']:>7.1f}%")
     peak = result["peak"]
+    timing = peak["latency"]
     lines.append(f"  {'peak':<12} {peak['what']}: {peak['gflops_per_s']:.1f} GFLOP/s (median of "
-                 f"{peak['latency']['repeats']}, {peak['latency']['median_ms']:.1f} ms per call, same threads)")
-    notes = [f"{row['backend']}: {row['what']}" + (f", set-up {row['setup_s']:.1f} s" if "setup_s" in row else "")
-             for row in result["rows"]]
-    lines.append("  " + "; ".join(notes))
+                 f"{timing['repeats']} calls, {timing['median_ms']:.1f} ms each, same threads)")
+    lines.append("")
+    for row in result["rows"]:
+        setup = f" (set-up {row['setup_s']:.1f} s)" if "setup_s" in row else ""
+        lines.append(f"  {row['backend']}: {row['what']}{setup}")
     after = machine["load_average_after"]
     if after:
         lines.append(f"  load average after: {after[0]:.2f} / {after[1]:.2f} / {after[2]:.2f}")

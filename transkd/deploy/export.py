@@ -162,7 +162,8 @@ def _run_eager(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"{name} cannot run on an input of {size} ({reason})") from None
 
 
-def _export_graph(model: nn.Module, sample: torch.Tensor, path: str, exporter: str, opset: int | None) -> None:
+def _export_graph(model: nn.Module, sample: torch.Tensor, path: str, exporter: str,
+                  opset: int | None) -> None:
     name = getattr(model, "model_name", type(model).__name__)
     _run_eager(model, sample)
     try:

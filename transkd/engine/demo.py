@@ -37,7 +37,7 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(image_size=(64, 128), train_length=400, val_length=48, batch_size=8,
-                        teacher_iterations=700, student_iterations=180, validations=4),
+                        teacher_iterations=360, student_iterations=140, validations=4),
     "tiny": DemoSize(image_size=(32, 64), train_length=16, val_length=8, batch_size=4,
                      teacher_iterations=4, student_iterations=2, validations=1),
 }

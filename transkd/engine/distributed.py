@@ -100,16 +100,21 @@ def mean_over_ranks(values: dict[str, float], env: DistEnv, device: torch.device
     return {k: float(v) / env.world_size for k, v in zip(keys, tensor.tolist())}
 
 
-def wrap_ddp(module: nn.Module, env: DistEnv, device: torch.device) -> nn.Module:
-    """DDP over the trainable part; parameters without gradients in a step are tolerated only
-    if the module has any (some methods use a subset of adapters per step)."""
+def wrap_ddp(module: nn.Module, env: DistEnv, device: torch.device,
+             find_unused_parameters: bool = False) -> nn.Module:
+    """DDP over the trainable part (the Distiller: student + adapters; the teacher is hidden).
+
+    Every built-in method uses all of its adapters in every step, so unused-parameter search is
+    off by default (it costs a graph traversal per step). Buffers (BatchNorm running statistics) are
+    broadcast from rank 0 at each forward, so every rank validates with the same statistics.
+    """
     if not env.enabled:
         return module
     from torch.nn.parallel import DistributedDataParallel
 
     device_ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(module, device_ids=device_ids, find_unused_parameters=False,
-                                   broadcast_buffers=False)
+    return DistributedDataParallel(module, device_ids=device_ids, broadcast_buffers=True,
+                                   find_unused_parameters=find_unused_parameters)
 
 
 class EpochSampler(Sampler[tuple[int, int]]):

@@ -16,6 +16,7 @@ partial output. :func:`execute` writes ``config.yaml`` and trains. Run folder la
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,18 @@ def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module
         "ignore_index": protocol.ignore_index,
         "void_as_extra_class": protocol.void_as_extra_class,
         **protocol_description(config),
+        "protocol_options": _plain(protocol.to_dict()),
         "method": config.distill.method,
         "teacher": getattr(teacher, "model_name", None),
     }
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def protocol_description(config: Config) -> dict[str, Any]:
@@ -145,8 +155,10 @@ def protocol_description(config: Config) -> dict[str, Any]:
             "inference": inference}
 
 
-def execute(plan: RunPlan) -> RunResult:
-    """Write ``config.yaml``, build the networks, train; returns the :class:`RunResult`."""
+def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> RunResult:
+    """Write ``config.yaml``, build the networks, train; returns the :class:`RunResult`.
+
+    ``announce`` (if given) is told each validation result as a line of text."""
     config, env = plan.config, plan.env
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
@@ -162,7 +174,7 @@ def execute(plan: RunPlan) -> RunResult:
     trainer = Trainer(config, distiller, train_set, val_set, num_classes=plan.bundle.num_classes,
                       run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
                       resume=plan.resume,
-                      metadata=export_metadata(config, plan.bundle, plan.teacher))
+                      metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce)
     return trainer.fit()
 
 

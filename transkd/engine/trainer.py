@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,8 +161,10 @@ class Trainer:
     def __init__(self, config: Config, distiller: Distiller, train_set, val_set, *,
                  num_classes: int, run_dir: Path | None, env: DistEnv | None = None,
                  device: torch.device | str = "cpu", resume: Path | None = None,
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None,
+                 announce: Callable[[str], None] | None = None) -> None:
         self.config = config
+        self.announce = announce
         self.distiller = distiller
         self.train_set = train_set
         self.val_set = val_set
@@ -244,7 +247,7 @@ class Trainer:
         optimizer = self._optimizer()
         schedule = self._schedule(optimizer)
         scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
-        model = wrap_ddp(distiller, self.env, self.device)
+        model = wrap_ddp(distiller, self.env, self.device, config.train.find_unused_parameters)
         train_loader, val_loader = self._loaders()
         logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=config.train.tensorboard)
 
@@ -448,6 +451,10 @@ class Trainer:
             self.best = {k: metrics[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
             if self.is_main:
                 self.best_weights = self._export("best")
+        if self.announce is not None and self.is_main:
+            self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): val mIoU "
+                          f"{100 * metrics['miou']:.2f}%, pixel acc {100 * metrics['acc']:.2f}% "
+                          f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
         return metrics
 
     # ------------------------------------------------------------------ checkpoints

@@ -151,12 +151,12 @@ def select_student(obj: Any, prefix: str | None = None,
     """
     wanted = (prefix.rstrip("."),) if prefix else STUDENT_NAMES
     for _ in range(4):  # a student held under a key, maybe inside containers
-        if not isinstance(obj, Mapping) or any(isinstance(v, torch.Tensor) for v in obj.values()):
+        if not isinstance(obj, Mapping):
             break
         held = next((k for k in wanted if isinstance(obj.get(k), Mapping)), None)
         if held is not None:
             others = sorted(str(k) for k, v in obj.items() if k != held and isinstance(v, Mapping))
-            return unwrap_state_dict(obj[held], name), f"{held}", others
+            return unwrap_state_dict(obj[held], name), str(held), others
         inner = next((obj[k] for k in _CONTAINERS if isinstance(obj.get(k), Mapping)), None)
         if inner is None:
             break
@@ -208,7 +208,7 @@ class Structure:
                 and (self.num_heads is None or self.num_heads == tuple(config.num_heads)))
 
     def describe(self) -> str:
-        """``stage widths 32/64/160/256, blocks 2/2/2/2, MLP ratio 4, ..., 19 classes``."""
+        """``stage widths 32/64/160/256, blocks 2/2/2/2, MLP ratio 4/4/4/4, ..., 19 classes``."""
         parts = [f"stage widths {_slashed(self.widths)}", f"blocks {_slashed(self.depths)}",
                  f"MLP ratio {_slashed(self.mlp_ratios)}", f"SR ratio {_slashed(self.sr_ratios)}"]
         if self.num_heads is not None:
@@ -225,13 +225,7 @@ class Structure:
 
 
 def _slashed(values) -> str:
-    if len(set(values)) == 1:
-        return _number(values[0])
-    return "/".join(_number(v) for v in values)
-
-
-def _number(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
 
 
 def infer_structure(source: SourceCheckpoint) -> tuple[Structure, str]:

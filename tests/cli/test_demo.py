@@ -1,0 +1,48 @@
+import json
+from pathlib import Path
+
+from transkd.cli import main
+from transkd.config import load_config
+from transkd.engine.demo import SIZES, demo_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "synthetic"
+
+
+def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
+    output = tmp_path / "demo"
+    code = main(["demo", "--tiny", "--methods", "transkd_base", "--output", str(output)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    for name in ("results.md", "results.json", "curves.png", "predictions/grid.png"):
+        assert (output / name).is_file(), name
+    for run in ("teacher", "student", "transkd_base"):
+        for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "best/student.safetensors"):
+            assert (output / run / name).is_file(), f"{run}/{name}"
+    masks = sorted(p.name for p in (output / "predictions").glob("*_transkd_base_mask.png"))
+    overlays = sorted((output / "predictions").glob("*_teacher_overlay.png"))
+    assert masks and overlays
+    results = json.loads((output / "results.json").read_text())
+    assert [row["run"] for row in results["rows"]] == ["teacher", "student", "transkd_base"]
+    distilled = results["rows"][2]
+    assert distilled["params"] == results["rows"][1]["params"]  # the deployed student is plain B0
+    assert distilled["params_training"] > distilled["params"]
+    assert "| run | network | method | val mIoU (%) | params (M) | GMACs" in out
+    assert "conv+linear" in out and "32x64" in out
+
+    code = main(["demo", "--tiny", "--output", str(output)])
+    assert code == 2 and "is not empty" in capsys.readouterr().err
+
+
+def test_demo_presets_match_the_demo():
+    size = SIZES["default"]
+    out = Path("runs/demo")
+    expected = {
+        "teacher_b1_demo.yaml": demo_config("teacher", size, 5.0, out / "teacher"),
+        "student_b0_demo.yaml": demo_config("student", size, 5.0, out / "student"),
+    }
+    for method in ("transkd_base", "transkd_gl", "transkd_ea"):
+        expected[f"{method}_b1-b0_demo.yaml"] = demo_config(
+            "distill", size, 5.0, out / method, method=method,
+            teacher_weights="runs/demo/teacher/best/student.safetensors")
+    for name, config in expected.items():
+        assert load_config(CONFIGS / name) == config, name

@@ -1,0 +1,129 @@
+"""``transkd export``: ONNX with dynamic batch/height/width that matches PyTorch at other sizes,
+refusal (and no file) above the tolerance, one-sentence errors, and safetensors re-export."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from transkd.cli import main
+from transkd.deploy import load_deployable
+from transkd.deploy.export import check_parity, default_check_sizes, export_onnx
+from transkd.errors import ConfigError
+from transkd.models import create_model
+from transkd.weights.io import read_safetensors, save_model
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny inputs gain nothing from threads, and a shared machine makes thread barriers slow."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("segformer_b0", num_classes=3)
+    path = tmp_path_factory.mktemp("student") / "student.safetensors"
+    return save_model(model, path, dataset="toy", class_names=["a", "b", "c"],
+                      palette=[[1, 2, 3], [4, 5, 6], [7, 8, 9]], resize={"short_side": 64})
+
+
+@pytest.fixture(scope="module")
+def exported(student_file, tmp_path_factory):
+    """The default (torch.export-based) exporter at 64x96, checked at 96x128 and 2x80x112."""
+    out = tmp_path_factory.mktemp("onnx") / "student.onnx"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        code = main(["export", str(student_file), "--output", str(out), "--height", "64", "--width", "96",
+                     "--check-size", "1", "96", "128", "--check-size", "2", "80", "112"])
+    finally:
+        torch.set_num_threads(threads)
+    return code, out
+
+
+@pytest.mark.slow  # the torch.export-based exporter traces symbolically: ~12 s of CPU
+def test_onnx_export_matches_pytorch_at_other_sizes(exported, student_file, capsys):
+    code, out = exported
+    assert code == 0 and out.is_file()
+    student = load_deployable(student_file)
+    checks = check_parity(student.model, out, [(1, 97, 131), (3, 64, 96)], seed=1)  # odd sizes too
+    assert [c.output_shape for c in checks] == [(1, 3, 25, 33), (3, 3, 16, 24)]
+    assert max(c.max_abs_diff for c in checks) < 1e-4
+
+
+@pytest.mark.slow
+def test_onnx_graph_is_dynamic_and_carries_the_metadata(exported):
+    _, out = exported
+    graph = onnx.load(out)
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, 3, height, width
+    assert dims[1].dim_value == 3
+    props = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(props["class_names"]) == ["a", "b", "c"]
+    assert json.loads(props["architecture"]) == "segformer_b0" and json.loads(props["num_classes"]) == 3
+    assert json.loads(props["mean"]) == pytest.approx([0.485, 0.456, 0.406])
+    assert json.loads(props["resize"]) == {"short_side": 64}
+
+
+def test_impossible_tolerance_refuses_and_writes_nothing(student_file, tmp_path, capsys):
+    out = tmp_path / "student.onnx"
+    code = main(["export", str(student_file), "-o", str(out), "--height", "64", "--width", "96",
+                 "--exporter", "torchscript", "--tolerance", "1e-12"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("error: the ONNX graph differs from PyTorch by up to ")
+    assert "above the tolerance 1e-12; nothing was written" in err and "\n" not in err
+    assert list(tmp_path.iterdir()) == []  # neither the file nor a temporary one
+
+
+def test_torchscript_exporter_prints_parity_at_the_default_check_sizes(student_file, tmp_path, capsys):
+    out = tmp_path / "student.onnx"
+    assert main(["export", str(student_file), "-o", str(out), "--height", "64", "--width", "96",
+                 "--exporter", "torchscript", "--opset", "17"]) == 0
+    text = capsys.readouterr().out
+    assert "parity input 1x3x96x128 -> logits 1x3x24x32" in text
+    assert "parity input 2x3x33x51 -> logits 2x3x9x13" in text
+    assert "ONNX opset 17, torchscript exporter" in text
+    assert default_check_sizes(64, 96) == [(1, 96, 128), (2, 33, 51)]
+
+
+def test_output_that_is_a_folder_is_one_sentence(student_file, tmp_path, capsys):
+    assert main(["export", str(student_file), "-o", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    suggestion = tmp_path / "student.onnx"
+    assert err == f"error: output {tmp_path} is a folder; give a file name such as {suggestion}"
+
+
+def test_export_size_too_small_for_the_model_is_a_config_error(student_file, tmp_path):
+    model = load_deployable(student_file).model
+    with pytest.raises(ConfigError, match="cannot run on an input of 1x3x16x16"):
+        export_onnx(model, tmp_path / "m.onnx", input_size=(16, 16), exporter="torchscript")
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_safetensors_format_resaves_weights_and_metadata(student_file, tmp_path, capsys):
+    out = tmp_path / "copy.safetensors"
+    assert main(["export", str(student_file), "-o", str(out)]) == 0
+    original, original_meta = read_safetensors(student_file)
+    copy, copy_meta = read_safetensors(out)
+    assert original_meta == copy_meta
+    assert all(torch.equal(original[k], copy[k]) for k in original)
+    assert "safetensors, weights + metadata" in capsys.readouterr().out
+
+
+def test_not_a_student_is_one_sentence(tmp_path, capsys):
+    bad = tmp_path / "weights.safetensors"
+    bad.write_bytes(np.random.default_rng(0).bytes(64))
+    assert main(["export", str(bad), "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad} is not a readable safetensors file") and "\n" not in err
