@@ -34,15 +34,16 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_demo_presets_match_the_demo():
+    """configs/synthetic holds the demo's runs as presets; they must not drift from the demo."""
     size = SIZES["default"]
-    out = Path("runs/demo")
+    out = Path("runs/synthetic")
     expected = {
-        "teacher_b1_demo.yaml": demo_config("teacher", size, 5.0, out / "teacher"),
-        "student_b0_demo.yaml": demo_config("student", size, 5.0, out / "student"),
+        "teacher_b1_demo": demo_config("teacher", size, 5.0, out / "teacher_b1_demo"),
+        "student_b0_demo": demo_config("student", size, 5.0, out / "student_b0_demo"),
     }
     for method in ("transkd_base", "transkd_gl", "transkd_ea"):
-        expected[f"{method}_b1-b0_demo.yaml"] = demo_config(
-            "distill", size, 5.0, out / method, method=method,
-            teacher_weights="runs/demo/teacher/best/student.safetensors")
-    for name, config in expected.items():
-        assert load_config(CONFIGS / name) == config, name
+        expected[f"{method}_b1-b0_demo"] = demo_config(
+            "distill", size, 5.0, out / f"{method}_b1-b0_demo", method=method,
+            teacher_weights="runs/synthetic/teacher_b1_demo/best/student.safetensors")
+    for stem, config in expected.items():
+        assert load_config(CONFIGS / f"{stem}.yaml") == config, stem

@@ -10,10 +10,11 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from torch import nn
 
 from transkd.cli import main
 from transkd.deploy import load_deployable
-from transkd.deploy.export import check_parity, default_check_sizes, export_onnx
+from transkd.deploy.export import ExportError, check_parity, default_check_sizes, export_onnx
 from transkd.errors import ConfigError
 from transkd.models import create_model
 from transkd.weights.io import read_safetensors, save_model
@@ -127,3 +128,31 @@ def test_not_a_student_is_one_sentence(tmp_path, capsys):
     assert main(["export", str(bad), "-o", str(tmp_path / "m.onnx")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad} is not a readable safetensors file") and "\n" not in err
+
+
+class ShapeFrozen(nn.Module):
+    """Python branches on the width, which a tracer freezes at the export width (8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        if y.shape[-1] > 8:  # wide: keep 8 columns
+            return y[..., :8]
+        if y.shape[-1] % 2:  # odd: drop the last column before pairing columns
+            y = y[..., :-1]
+        return y[..., ::2] + y[..., 1::2]
+
+
+@pytest.mark.parametrize(("check", "message"), [
+    ((1, 8, 12), "gives logits of shape"),                           # runs, other shape
+    ((1, 8, 7), "fails on input 1x3x8x7 although PyTorch runs it"),  # onnxruntime fails
+])
+def test_a_graph_that_does_not_generalise_is_refused(check, message, tmp_path):
+    torch.manual_seed(0)
+    with pytest.raises(ExportError, match=message):
+        export_onnx(ShapeFrozen().eval(), tmp_path / "m.onnx", input_size=(8, 8), exporter="torchscript",
+                    check_sizes=[check])
+    assert list(tmp_path.iterdir()) == []

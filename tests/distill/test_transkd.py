@@ -272,18 +272,19 @@ def network(name: str) -> torch.nn.Module:
     ("pvtv2_b2_fpn", "pvtv2_b0_fpn"), ("pvtv2_b2_fpn", "segformer_b0")])
 def test_registered_pairs_size_the_adapters_from_the_networks(teacher_name, student_name):
     teacher, student = network(teacher_name), network(student_name)
-    for method in ("transkd_gl", "transkd_ea"):
-        distiller = create_distiller(method, teacher, copy.deepcopy(student)).train()
-        adapters = distiller.methods[method]
-        widths_s, widths_t = list(student.encoder.widths), list(teacher.encoder.widths)
-        assert [u.reduce[0].in_channels for u in adapters.csf.units] == widths_s
-        assert [u.expand[0].out_channels for u in adapters.csf.units] == widths_t
-        assert [(p.in_features, p.out_features) for p in adapters.pea.proj.values()] == list(
-            zip(widths_s, widths_t))
-        images = torch.rand(2, 3, 64, 64)
-        out = distiller(images, torch.randint(0, 5, (2, 16, 16)))
-        assert all(math.isfinite(v.item()) for k, v in out.items() if k != "logits")
-        out["loss"].backward()
+    widths_s, widths_t = list(student.encoder.widths), list(teacher.encoder.widths)
+    gl = create_distiller("transkd_gl", teacher, copy.deepcopy(student)).methods["transkd_gl"]
+    assert gl.mixer.qkv.in_features == widths_s[-1]
+    distiller = create_distiller("transkd_ea", teacher, student).train()
+    adapters = distiller.methods["transkd_ea"]
+    assert [u.reduce[0].in_channels for u in adapters.csf.units] == widths_s
+    assert [u.expand[0].out_channels for u in adapters.csf.units] == widths_t
+    assert [(p.in_features, p.out_features) for p in adapters.pea.proj.values()] == list(
+        zip(widths_s, widths_t))
+    assert [e.proj.out_channels for e in adapters.assistant.embed.values()] == widths_t
+    out = distiller(torch.rand(2, 3, 64, 64), torch.randint(0, 5, (2, 16, 16)))
+    assert all(math.isfinite(v.item()) for k, v in out.items() if k != "logits")
+    out["loss"].backward()
 
 
 def test_other_widths_work():

@@ -101,6 +101,7 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     if opset is not None and (isinstance(opset, bool) or not isinstance(opset, int) or opset < 7):
         raise ConfigError(f"opset must be an integer of at least 7, got {opset!r}")
     path = _output_file(path)
+    _require_onnx_packages(exporter)
     height, width = (int(v) for v in input_size)
     sizes = [tuple(int(v) for v in s) for s in (check_sizes or default_check_sizes(height, width))]
     model.eval()
@@ -124,6 +125,16 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     atomic_write(path, write)
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _require_onnx_packages(exporter: str) -> None:
+    import importlib.util
+
+    needed = ["onnx", "onnxruntime"] + (["onnxscript"] if exporter == "dynamo" else [])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ConfigError(f"ONNX export needs the package(s) {', '.join(missing)}: "
+                          "pip install 'transkd[onnx]'")
 
 
 def _output_file(path: str | Path) -> Path:
@@ -231,7 +242,12 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequen
     for batch, height, width in sizes:
         images = torch.randn(batch, 3, height, width, generator=generator)
         expected = _run_eager(model, images).numpy()
-        actual = session.run(None, {input_name: images.numpy()})[0]
+        try:
+            actual = session.run(None, {input_name: images.numpy()})[0]
+        except Exception as exc:  # onnxruntime's own error types; the graph froze a shape somewhere
+            reason = str(exc).strip().splitlines()[0][-200:] if str(exc).strip() else type(exc).__name__
+            raise ExportError(f"the ONNX graph fails on input {batch}x3x{height}x{width} although PyTorch "
+                              f"runs it, so it does not generalise from the export size ({reason})") from None
         if actual.shape != expected.shape:
             raise ExportError(f"the ONNX graph gives logits of shape {actual.shape} for input "
                               f"{batch}x3x{height}x{width}, PyTorch {expected.shape}")

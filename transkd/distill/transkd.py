@@ -18,7 +18,8 @@ EA 970,952. The authors' CSF additionally holds a BatchNorm-free copy of the squ
 of each fusing unit (3 × Conv1x1(64→32) = 6,144 parameters) that their code switches to when a
 batch holds a single sample; this implementation has no such branch (see
 :class:`SampleSafeBatchNorm2d`), so its training-time counts are 6,144 parameters below the
-paper's (4.557 M vs 4.563 M for Base) and equal in MACs (the branch runs on 1×1 maps).
+paper's (4.557 M vs 4.563 M for Base); MACs differ by a few hundred (that branch runs on
+1×1 maps), so 16.46/16.80/17.84 G match the paper's 16.47/16.80/17.84 G.
 """
 
 from __future__ import annotations

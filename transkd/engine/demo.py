@@ -37,7 +37,7 @@ class DemoSize:
 
 SIZES = {
     "default": DemoSize(image_size=(64, 128), train_length=400, val_length=48, batch_size=8,
-                        teacher_iterations=360, student_iterations=140, validations=4),
+                        teacher_iterations=450, student_iterations=160, validations=4),
     "tiny": DemoSize(image_size=(32, 64), train_length=16, val_length=8, batch_size=4,
                      teacher_iterations=4, student_iterations=2, validations=1),
 }
@@ -71,7 +71,7 @@ def demo_config(role: str, size: DemoSize, minutes: float, output: Path, seed: i
         "optim": {"lr": 1e-3 if role != "teacher" else 6e-4},
         "schedule": {"kind": "standard", "warmup_iters": max(1, iterations // 10)},
         "train": {"iterations": iterations, "epochs": None, "batch_size": size.batch_size,
-                  "num_workers": 0, "seed": seed, "val_interval": max(1, iterations // validations),
+                  "num_workers": 0, "seed": seed, "val_interval": -(-iterations // validations),
                   "checkpoint_interval": iterations, "log_interval": max(1, iterations // 50)},
         "eval": {"batch_size": 16},
         "output": {"dir": str(output)},

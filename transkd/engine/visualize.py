@@ -104,7 +104,8 @@ def _grid(rows: list[list[tuple[str, np.ndarray]]], path: Path) -> Path:
 
 
 def plot_curves(runs: Mapping[str, list[dict[str, Any]]], path: str | Path) -> Path:
-    """Training loss and validation mIoU against optimiser steps, one line per run."""
+    """Training cross-entropy (the task term, comparable across methods) and validation mIoU
+    against optimiser steps, one line per run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -112,15 +113,14 @@ def plot_curves(runs: Mapping[str, list[dict[str, Any]]], path: str | Path) -> P
 
     fig, (loss_ax, miou_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, records in runs.items():
-        train = [(r["step"], r["loss"]) for r in records if r.get("kind") == "train" and "loss" in r]
+        train = [(r["step"], r["ce"]) for r in records if r.get("kind") == "train" and "ce" in r]
         val = [(r["step"], 100 * r["miou"]) for r in records
                if r.get("kind") == "val" and isinstance(r.get("miou"), float) and math.isfinite(r["miou"])]
         if train:
             loss_ax.plot(*zip(*train), label=name)
         if val:
             miou_ax.plot(*zip(*val), marker="o", markersize=3, label=name)
-    loss_ax.set(xlabel="optimiser step", ylabel="training loss (CE + distillation terms)",
-                title="training loss")
+    loss_ax.set(xlabel="optimiser step", ylabel="cross-entropy", title="training cross-entropy")
     miou_ax.set(xlabel="optimiser step", ylabel="val mIoU (%)", title="validation mIoU")
     for ax in (loss_ax, miou_ax):
         ax.grid(alpha=0.3)

@@ -104,7 +104,7 @@ class FPNHead(nn.Module):
                 x = conv(x)
                 if self.upsample_levels[level]:
                     x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-            if x.shape[2:] != size:
+            if level > 0:  # unconditionally, as mmseg does: a shape test would freeze into ONNX graphs
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             out = x if out is None else out + x
         return self.classifier(self.dropout(out))
