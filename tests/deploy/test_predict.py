@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from transkd.cli import main
-from transkd.deploy import generated_palette, load_deployable
+from transkd.deploy import generated_palette, load_deployable, resolve_student_path
 from transkd.deploy.predict import (
     InputImage,
     PredictOptions,
@@ -21,7 +21,7 @@ from transkd.deploy.predict import (
     segment_image,
     write_png,
 )
-from transkd.errors import ConfigError
+from transkd.errors import CheckpointError, ConfigError
 from transkd.models import create_model
 from transkd.weights.io import save_model, save_state_dict
 
@@ -210,3 +210,13 @@ def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         write_png(tmp_path / "masks" / "x.png", image)
     assert list((tmp_path / "masks").iterdir()) == []
+
+
+def test_a_run_folder_means_its_best_student(student_file, tmp_path):
+    run = tmp_path / "run"
+    (run / "best").mkdir(parents=True)
+    (run / "best" / "student.safetensors").write_bytes(student_file.read_bytes())
+    assert resolve_student_path(run) == run / "best" / "student.safetensors"
+    assert load_deployable(run).class_names == ("road", "car", "sky")
+    with pytest.raises(CheckpointError, match="folder without a deployable student"):
+        resolve_student_path(tmp_path)

@@ -67,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--stride applies to --mode slide only")
     inputs = collect_inputs(args.inputs, recursive=args.recursive)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asks for a GPU but torch sees no CUDA device")
     student = load_deployable(args.checkpoint, device=device)
     print(f"student: {student.describe()}")
     if student.palette_generated:
