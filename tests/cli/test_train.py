@@ -144,3 +144,23 @@ def test_unwritable_output_is_refused(tmp_path, capsys):
     locked.chmod(0o555)
     code, out, err = cli(capsys, "train", *TINY, "--output", str(locked / "run"))
     assert code == 2 and "not writable" in one_line_error(err)
+
+
+def test_ctrl_c_saves_a_resumable_checkpoint_and_exits_130(tmp_path, capsys, monkeypatch):
+    from transkd.engine.trainer import Trainer
+
+    original = Trainer._train_step
+    calls = {"n": 0}
+
+    def interrupted(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupted)
+    run_dir = tmp_path / "run"
+    code, out, err = cli(capsys, "train", *TINY, "--output", str(run_dir))
+    assert code == 130, err
+    assert "interrupted after 1/4 steps" in out and "--resume auto" in out
+    assert (run_dir / "checkpoints" / "last.pt").is_file()

@@ -38,8 +38,8 @@ class DemoSize:
 SIZES = {
     "default": DemoSize(image_size=(64, 128), train_length=400, val_length=48, batch_size=8,
                         teacher_iterations=450, student_iterations=160, validations=4),
-    "tiny": DemoSize(image_size=(32, 64), train_length=16, val_length=8, batch_size=4,
-                     teacher_iterations=4, student_iterations=2, validations=1),
+    "tiny": DemoSize(image_size=(32, 64), train_length=8, val_length=4, batch_size=4,
+                     teacher_iterations=3, student_iterations=2, validations=1),
 }
 TEACHER = "segformer_b1"
 STUDENT = "segformer_b0"
@@ -88,7 +88,7 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
     """Train teacher, plain student and each method; write table, curves and predictions."""
     from ..data import build_dataset
     from ..data.protocols import TransformedDataset, build_transform
-    from ..profile import MACS_CONVENTION, profile_distiller, profile_module
+    from ..profile import MACS_CONVENTION, count_macs_conv_linear, count_params, eval_mode, profile_distiller
     from ..weights.io import load_model
     from . import build
     from .run import execute, plan_run
@@ -97,6 +97,7 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
     size = SIZES["tiny" if tiny else "default"]
     output = Path(output)
     rows: list[dict[str, Any]] = []
+    models: dict[str, torch.nn.Module] = {}
     curves: dict[str, list[dict[str, Any]]] = {}
     roles = [("teacher", "none"), ("student", "none")] + [("distill", m) for m in methods]
     teacher_weights: str | None = None
@@ -117,11 +118,13 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
         curves[name] = records
         best = result.best or {}
         model = load_model(result.best_weights)
-        deployed = profile_module(model, size.image_size)
+        with eval_mode(model):
+            macs = count_macs_conv_linear(model, torch.zeros(1, 3, *size.image_size)).total
+        models[name] = model
         row = {
             "run": name, "network": config.model.name, "method": method,
             "val_miou": best.get("miou"), "val_acc": best.get("acc"),
-            "params": deployed["params"], "macs": deployed["macs_conv_linear"],
+            "params": count_params(model), "macs": macs,
             "train_seconds": result.train_seconds, "steps": result.steps,
             "weights": str(result.best_weights),
         }
@@ -140,8 +143,8 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
     val_raw = build_dataset("synthetic", split="val", length=size.val_length,
                             size=list(size.image_size))
     val_set = TransformedDataset(val_raw, build_transform(first.protocol, train=False), seed)
-    models = {row["run"]: load_model(row["weights"]) for row in rows}
-    predictions = save_predictions(models, val_raw, val_set, list(range(min(3, len(val_raw)))),
+    samples = list(range(min(1 if tiny else 3, len(val_raw))))
+    predictions = save_predictions(models, val_raw, val_set, samples,
                                    output / "predictions", val_raw.palette, val_raw.num_classes)
     curve_path = plot_curves(curves, output / "curves.png")
     summary = {

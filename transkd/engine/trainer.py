@@ -251,6 +251,15 @@ class Trainer:
         train_loader, val_loader = self._loaders()
         logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=config.train.tensorboard)
 
+        try:
+            return self._run(distiller, model, optimizer, schedule, scaler, train_loader,
+                             val_loader, logger)
+        finally:
+            logger.close()
+
+    def _run(self, distiller, model, optimizer, schedule, scaler, train_loader, val_loader,
+             logger) -> RunResult:
+        config = self.config
         self.position = Position()
         self.best: dict[str, Any] | None = None
         self.last_val: dict[str, Any] | None = None
@@ -296,7 +305,6 @@ class Trainer:
             if self.is_main:
                 self._save(optimizer, schedule, scaler, start, export=True)
         seconds = self.elapsed_before + time.perf_counter() - start
-        logger.close()
         result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
                            self.checkpoint_path, self.best_weights, self.last_weights)
