@@ -112,6 +112,8 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
                  f"{size.image_size[0]}x{size.image_size[1]}")
         plan = plan_run(config)
         result = execute(plan)
+        if result.status != "completed":  # Ctrl-C/SIGTERM: the run saved its state; stop here
+            raise KeyboardInterrupt
         if role == "teacher":
             teacher_weights = str(result.best_weights)
         records = read_metrics(output / name / "metrics.jsonl")

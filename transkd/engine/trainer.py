@@ -279,6 +279,9 @@ class Trainer:
                 and config.distill.eval_teacher):
             self.teacher_val = self._evaluate(distiller.teacher, val_loader)
             logger.log("teacher_val", self.position.step, **_public(self.teacher_val))
+            if self.announce is not None and self.is_main:
+                self.announce(f"teacher val mIoU {100 * self.teacher_val['miou']:.2f}%, pixel acc "
+                              f"{100 * self.teacher_val['acc']:.2f}% (measured once, before distilling)")
 
         if rng_state is not None:
             restore_rng_state(rng_state)
