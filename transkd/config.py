@@ -10,6 +10,7 @@ key, before any data is read or any file is written.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -34,7 +35,7 @@ Precision = Literal["fp32", "bf16", "fp16"]
 class ModelConfig:
     """The network being trained (the student, or the teacher when training a teacher)."""
 
-    #: A registered segmentor (``transkd list-models``), e.g. ``segformer_b0``.
+    #: A registered segmentor (``transkd.list_models(kind="segmentor")``), e.g. ``segformer_b0``.
     name: str = "segformer_b0"
     #: Weights to start from: a transkd ``.safetensors`` of the same segmentor, or of its encoder
     #: alone (e.g. ImageNet MiT weights converted with ``transkd convert``). None: from scratch.
@@ -193,7 +194,7 @@ def load_config(path: str | Path | None = None, overrides: Iterable[str] = (),
                 base: Mapping[str, Any] | None = None) -> Config:
     """Read a YAML file (or start from ``base``/defaults), apply ``key=value`` overrides,
     and return the validated :class:`Config`."""
-    data: dict[str, Any] = dict(base or {})
+    data: dict[str, Any] = copy.deepcopy(dict(base or {}))
     if path is not None:
         data = merge(data, read_yaml(path))
     for item in overrides:

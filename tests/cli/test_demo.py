@@ -47,3 +47,16 @@ def test_demo_presets_match_the_demo():
             teacher_weights="runs/synthetic/teacher_b1_demo/best/student.safetensors")
     for stem, config in expected.items():
         assert load_config(CONFIGS / f"{stem}.yaml") == config, stem
+
+
+def test_colour_masks_use_the_palette_and_draw_void_black():
+    import numpy as np
+
+    from transkd.engine.visualize import colorize, overlay
+
+    label = np.array([[0, 1], [255, 1]], dtype=np.uint8)
+    mask = colorize(label, [(10, 20, 30), (200, 100, 0)])
+    assert mask[0, 0].tolist() == [10, 20, 30] and mask[0, 1].tolist() == [200, 100, 0]
+    assert mask[1, 0].tolist() == [0, 0, 0]
+    blended = overlay(np.full((2, 2, 3), 100, np.uint8), mask, alpha=0.5)
+    assert blended[0, 1].tolist() == [150, 100, 50]

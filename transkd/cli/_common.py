@@ -88,6 +88,8 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
     plan = plan_run(config, resume)
     main = plan.env.is_main
     try:
+        if plan.resume_note is not None:
+            say(plan.resume_note, main)
         if plan.resume is not None:
             say(f"resuming from {plan.resume}", main)
         say(f"run folder: {plan.run_dir}", main)

@@ -7,10 +7,18 @@ teacher is never included), the optimiser, the schedule step, the gradient scale
 state and the data position (epoch and batches consumed in it). The file is written to a
 temporary name, fsynced and renamed, so the previous good checkpoint survives until the new one
 is complete; weights that are not finite are never written.
+
+Each checkpoint stores a SHA-256 digest of its contents, so damage that leaves the archive
+readable (a flipped bit in tensor data) is still detected on load. The checkpoint it replaces
+is kept as ``previous.pt`` next to ``last.pt``; resuming falls back to it when ``last.pt`` is
+truncated or corrupt.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -20,10 +28,12 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights.io import atomic_write, save_model, save_state_dict, torch_load_tensors
+from ..weights.io import atomic_write, save_model, save_state_dict
 
 CHECKPOINT_FORMAT = "transkd-train-checkpoint"
 CHECKPOINT_VERSION = 1
+LAST_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"
 
 
 def capture_rng_state() -> dict[str, Any]:
@@ -65,29 +75,102 @@ def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     return [name for name, ok in zip(names, finite.tolist()) if not ok]
 
 
+def contents_digest(value: Any) -> str:
+    """SHA-256 over every tensor's bytes, dtype and shape and every plain value, in order."""
+    digest = hashlib.sha256()
+    _feed(digest, value)
+    return digest.hexdigest()
+
+
+def _feed(digest, value: Any) -> None:
+    if torch.is_tensor(value):
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"T{tensor.dtype}{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    elif isinstance(value, dict):
+        digest.update(f"D{len(value)};".encode())
+        for key, item in value.items():
+            _feed(digest, key)
+            _feed(digest, item)
+    elif isinstance(value, (list, tuple)):
+        digest.update(f"{type(value).__name__[0]}{len(value)};".encode())
+        for item in value:
+            _feed(digest, item)
+    else:
+        digest.update(f"{type(value).__name__}:{value!r};".encode())
+
+
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
-    """Write a training checkpoint atomically; refuse weights with NaN/inf."""
+    """Write a training checkpoint atomically; refuse weights with NaN/inf.
+
+    Once the new file is fully written, the checkpoint it replaces becomes ``previous.pt``
+    (a hard link, so ``path`` itself is never missing)."""
+    path = Path(path)
     bad = non_finite_tensors(checkpoint["model"])
     if bad:
         raise CheckpointError(f"refusing to write {path}: {len(bad)} weight tensor(s) are not "
                               f"finite (first: {bad[0]})")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    payload["digest"] = contents_digest(payload)
+
+    def write(tmp: str) -> None:
+        torch.save(payload, tmp)
+        _keep_as_previous(path)
+
+    return atomic_write(path, write)
+
+
+def _keep_as_previous(path: Path) -> None:
+    """``previous.pt`` := the current ``path`` (about to be replaced by the new checkpoint)."""
+    if not path.is_file():
+        return
+    previous = path.with_name(PREVIOUS_NAME)
+    staging = path.with_name(f".{PREVIOUS_NAME}.tmp")
+    if staging.exists():
+        staging.unlink()
+    try:
+        os.link(path, staging)
+    except OSError:  # no hard links on this file system: move it (resume looks here too)
+        os.replace(path, previous)
+        return
+    os.replace(staging, previous)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a training checkpoint safely (``weights_only=True``) and check its format."""
-    data = torch_load_tensors(path)
+    """Read a training checkpoint safely (``weights_only=True``), check its format and digest."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} holds pickled Python objects, which could run "
+                                  "code when loaded; refusing to load it") from None
+        raise CheckpointError(f"checkpoint {path} is damaged (truncated or corrupt: "
+                              f"{_first_line(exc)})") from None
+    except Exception as exc:  # RuntimeError on a broken zip archive, EOFError on truncation
+        raise CheckpointError(f"checkpoint {path} is damaged (truncated or corrupt: "
+                              f"{_first_line(exc)})") from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} is not a transkd training checkpoint (to start from "
                               "model weights, use model.init instead of --resume)")
     if data.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(f"{path} has checkpoint version {data.get('version')}, this "
                               f"transkd reads version {CHECKPOINT_VERSION}")
+    stored = data.pop("digest", None)
+    if stored is not None and stored != contents_digest(data):
+        raise CheckpointError(f"checkpoint {path} is damaged (corrupt: its contents do not match "
+                              "the digest written with it)")
     for key in ("model", "optimizer", "schedule", "rng", "position"):
         if key not in data:
             raise CheckpointError(f"{path} is incomplete: it has no {key!r} entry")
     return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
 
 
 def export_weights(student: nn.Module, adapters: nn.Module | None, directory: str | Path,
@@ -109,11 +192,35 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     if resume is None:
         return None
     if resume == "auto":
-        last = checkpoint_dir / "last.pt"
-        return last if last.is_file() else None
+        for name in (LAST_NAME, PREVIOUS_NAME):  # previous.pt alone: killed while rotating
+            if (checkpoint_dir / name).is_file():
+                return checkpoint_dir / name
+        return None
     path = Path(resume)
     if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
+        path = path / "checkpoints" / LAST_NAME
     if not path.is_file():
         raise CheckpointError(f"--resume {resume}: no checkpoint file at {path}")
     return path
+
+
+def verify_resume(path: Path) -> tuple[Path, str | None]:
+    """Check the resume checkpoint before anything is written: ``(checkpoint to use, note)``.
+
+    A damaged ``last.pt`` gives way to the ``previous.pt`` next to it, and the note says so;
+    with no usable previous checkpoint the error names the damaged file."""
+    try:
+        load_checkpoint(path)
+        return path, None
+    except CheckpointError as exc:
+        previous = path.with_name(PREVIOUS_NAME)
+        if "is damaged" not in str(exc) or path.name != LAST_NAME:
+            raise
+        if not previous.is_file():
+            raise CheckpointError(f"{exc} and there is no previous checkpoint to fall back to") from None
+        try:
+            load_checkpoint(previous)
+        except CheckpointError as second:
+            raise CheckpointError(f"{exc}, and the previous checkpoint is unusable too: "
+                                  f"{second}") from None
+        return previous, f"warning: {exc}; falling back to the previous checkpoint"

@@ -27,7 +27,7 @@ from torch import nn
 from ..config import Config
 from ..errors import ConfigError
 from . import build
-from .checkpoint import resolve_resume
+from .checkpoint import resolve_resume, verify_resume
 from .distributed import DistEnv, barrier, init_distributed
 from .trainer import RunResult, Trainer, seed_everything
 
@@ -43,6 +43,8 @@ class RunPlan:
     teacher: nn.Module | None
     env: DistEnv
     device: torch.device
+    #: Set when the resume checkpoint was damaged and its predecessor is used instead.
+    resume_note: str | None = None
 
 
 def default_run_dir(config: Config) -> Path:
@@ -92,14 +94,19 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
                           "run on the CPU (use train.freeze_bn or a larger per-process batch)")
     run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
     resume_path = resolve_resume(resume, run_dir / "checkpoints")
+    resume_note = None
+    if resume_path is not None:
+        resume_path, resume_note = verify_resume(resume_path)
     check_output_dir(run_dir, resuming=resume is not None)
     if config.model.init is not None and not Path(config.model.init).is_file():
         raise ConfigError(f"model.init {config.model.init} does not exist")
     bundle = build.open_datasets(config)
     build.check_batch_fits(config, bundle, env.world_size)
+    if config.model.init is not None:  # a damaged or misfitting file fails before any output
+        build.build_network(config, bundle.num_outputs)
     teacher = build.load_teacher(config, bundle) if config.method_names and _needs_teacher(config) \
         else None
-    return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device)
+    return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device, resume_note)
 
 
 def _needs_teacher(config: Config) -> bool:

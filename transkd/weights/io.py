@@ -142,5 +142,7 @@ def torch_load_tensors(path: str | os.PathLike) -> dict[str, Any]:
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # UnpicklingError, RuntimeError on corrupt zip, EOFError on truncation
-        raise CheckpointError(f"{path} cannot be loaded safely as plain tensors: "
-                              f"{str(exc).splitlines()[0]}") from None
+        reason = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if reason.lower().startswith("weights only load failed"):  # torch's advice is unsafe
+            reason = "it holds pickled Python objects, which could run code when loaded; refused"
+        raise CheckpointError(f"{path} cannot be loaded safely as plain tensors: {reason}") from None
