@@ -47,7 +47,7 @@ from torch import nn
 
 SHIM_DIR = Path(__file__).resolve().parent / "reference_shims"
 NUM_CLASSES = 20  # 19 Cityscapes classes + void (weight 0), the reference's training set-up
-EMBED_WEIGHTS = (0.1, 0.1, 0.5, 1.0)
+EMBED_WEIGHTS = (0.1, 0.1, 0.5, 1.0)  # --embed-weights default of train_TransKDBase.py
 LR = 6e-5
 
 DISTILL_IMPLS = {
@@ -121,9 +121,9 @@ def import_reference(path: Path):
     if not (train_dir / "CSF.py").is_file():
         raise SystemExit(f"--reference {path} has no train/CSF.py: pass a clone of RuipingL/TransKD")
     sys.path[:0] = [str(SHIM_DIR), str(train_dir)]
-    import CSF  # noqa: E402  (the reference's module)
-    import models.Segformer as plain  # noqa: E402
-    import models.Segformer4EmbeddingKD as embed_kd  # noqa: E402
+    import CSF  # the reference's modules, found through the paths above
+    import models.Segformer as plain
+    import models.Segformer4EmbeddingKD as embed_kd
     return CSF, plain, embed_kd
 
 
@@ -408,6 +408,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.worker is None and args.reference is None:
         p.error("--reference PATH (a clone of the authors' repository) is required")
+    if args.worker is None and not (args.reference / "train" / "CSF.py").is_file():
+        p.error(f"--reference {args.reference} has no train/CSF.py; pass a clone of RuipingL/TransKD")
     if min(args.threads, args.batch, args.repeats, args.infer_repeats, args.rounds) < 1:
         p.error("--threads, --batch, --repeats, --infer-repeats and --rounds must be positive")
     return args

@@ -1,6 +1,6 @@
 """Run the commands of the user documentation, so the documentation cannot rot.
 
-Conventions of the Markdown pages (``docs/*.md`` and ``README.md``):
+Conventions of the Markdown pages (``docs/*.md``, and any page listed in ``EXTRA_PAGES``):
 
 - In a fenced ``console`` block, a line starting with ``$ `` is a command (a trailing ``\\``
   continues it on the next line). The other lines are the output the page promises: each must
@@ -98,11 +98,13 @@ def _display(path: Path) -> str:
         return str(path)
 
 
+#: Pages outside docs/ that follow the conventions too (paths relative to the repository).
+EXTRA_PAGES: tuple[str, ...] = ()
+
+
 def doc_pages() -> list[Path]:
-    """Every page the check covers: ``docs/*.md`` and the top-level README."""
-    pages = sorted(DOCS.glob("*.md"))
-    readme = REPO / "README.md"
-    return ([readme] if readme.is_file() else []) + pages
+    """Every page the check covers: ``docs/*.md`` and :data:`EXTRA_PAGES`."""
+    return sorted(DOCS.glob("*.md")) + [REPO / name for name in EXTRA_PAGES]
 
 
 # --------------------------------------------------------------------------- parsing

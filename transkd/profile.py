@@ -123,8 +123,15 @@ class MacCounter:
         self.excluded = {id(m) for ex in exclude for m in ex.modules()}
         self.counts: Counter[str] = Counter()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._restore: list[tuple[nn.Module, bool]] = []
 
     def __enter__(self) -> MacCounter:
+        # Count the architecture as published: heads that compute the same function more cheaply
+        # (SegFormerHead.fused_projection) run their literal reference computation meanwhile.
+        self._restore = [(m, m.fused_projection) for root in self.roots for m in root.modules()
+                         if hasattr(m, "fused_projection")]
+        for module, _ in self._restore:
+            module.fused_projection = False
         seen = set(self.excluded)
         for root in self.roots:
             for module in root.modules():
@@ -135,6 +142,8 @@ class MacCounter:
         return self
 
     def __exit__(self, *exc_info) -> None:
+        for module, flag in self._restore:
+            module.fused_projection = flag
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -28,7 +28,7 @@ def _read(name: str) -> str:
 
 # --------------------------------------------------------------------------- the pages run
 
-@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_page_runs(page, tmp_path):
     """Every command and Python block of the page, in order, in a fresh folder."""
     check_docs.run_page(page, tmp_path)
@@ -98,7 +98,7 @@ def test_methods_document_every_method_and_option_with_defaults():
 
 
 def test_datasets_document_every_dataset_and_option():
-    from transkd.data import dataset_options, list_datasets
+    from transkd.data.datasets import dataset_options, list_datasets
 
     text = _read("datasets.md")
     for name in list_datasets():

@@ -54,8 +54,19 @@ def main(argv: list[str] | None = None) -> int:
             IsADirectoryError, NotADirectoryError) as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
+
+
+def one_line(exc: BaseException) -> str:
+    """The error's sentence; for an error raised in a DataLoader worker, PyTorch's message wraps
+    the worker's whole traceback around it, and only the original sentence is kept."""
+    text = str(exc).strip()
+    if "\nOriginal Traceback" in text:
+        last = text.splitlines()[-1].strip()
+        name = type(exc).__qualname__
+        return last.removeprefix(f"{type(exc).__module__}.{name}: ").removeprefix(f"{name}: ")
+    return text
 
 
 if __name__ == "__main__":

@@ -48,6 +48,8 @@ def open_datasets(config: Config, train: bool = True, val_split: str | None = No
     for split_set in (train_set, val_set):
         if split_set is not None and len(split_set) == 0:
             raise ConfigError(f"split {split_set.split!r} of dataset {data.name!r} holds no samples")
+        if split_set is not None:  # file headers only: unreadable files, label modes, sizes
+            split_set.validate()
     num_classes = val_set.num_classes
     return DataBundle(train_set, val_set, data.name, tuple(val_set.class_names),
                       tuple(tuple(c) for c in val_set.palette), num_classes,

@@ -204,14 +204,14 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return path
 
 
-def verify_resume(path: Path) -> tuple[Path, str | None]:
-    """Check the resume checkpoint before anything is written: ``(checkpoint to use, note)``.
+def verify_resume(path: Path) -> tuple[Path, str | None, dict[str, Any]]:
+    """Check the resume checkpoint before anything is written: ``(checkpoint to use, note,
+    its contents)``.
 
     A damaged ``last.pt`` gives way to the ``previous.pt`` next to it, and the note says so;
     with no usable previous checkpoint the error names the damaged file."""
     try:
-        load_checkpoint(path)
-        return path, None
+        return path, None, load_checkpoint(path)
     except CheckpointError as exc:
         previous = path.with_name(PREVIOUS_NAME)
         if "is damaged" not in str(exc) or path.name != LAST_NAME:
@@ -219,8 +219,8 @@ def verify_resume(path: Path) -> tuple[Path, str | None]:
         if not previous.is_file():
             raise CheckpointError(f"{exc} and there is no previous checkpoint to fall back to") from None
         try:
-            load_checkpoint(previous)
+            data = load_checkpoint(previous)
         except CheckpointError as second:
             raise CheckpointError(f"{exc}, and the previous checkpoint is unusable too: "
                                   f"{second}") from None
-        return previous, f"warning: {exc}; falling back to the previous checkpoint"
+        return previous, f"warning: {exc}; falling back to the previous checkpoint", data

@@ -2,12 +2,15 @@
 
 :func:`plan_run` does all the checking (datasets, batch size, teacher, output folder, resume
 checkpoint) without writing anything, so a bad input fails with one sentence and leaves no
-partial output. :func:`execute` writes ``config.yaml`` and trains. Run folder layout::
+partial output. :func:`execute` writes ``config.yaml`` and trains; if it fails before writing a
+checkpoint, it removes what it wrote (a new run folder entirely; in an existing run folder the
+new files, and ``config.yaml`` goes back to what it was). Run folder layout::
 
     RUN/config.yaml             the resolved config (every default filled in)
     RUN/metrics.jsonl           one JSON record per log line (train, val, teacher_val, event)
     RUN/tensorboard/            TensorBoard event files
     RUN/checkpoints/last.pt     resumable state (``--resume auto`` or ``--resume RUN``)
+    RUN/checkpoints/previous.pt the checkpoint before it (used if last.pt is damaged)
     RUN/best/student.safetensors  the deployable student at its best validation mIoU
     RUN/last/student.safetensors  ... at the end (adapters.safetensors next to it if any)
     RUN/summary.json            final numbers and where everything went
@@ -16,6 +19,7 @@ partial output. :func:`execute` writes ``config.yaml`` and trains. Run folder la
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,8 +30,10 @@ from torch import nn
 
 from ..config import Config
 from ..errors import ConfigError
+from ..models import create_model
+from ..weights.io import atomic_write, load_state_strict
 from . import build
-from .checkpoint import resolve_resume, verify_resume
+from .checkpoint import LAST_NAME, resolve_resume, verify_resume
 from .distributed import DistEnv, barrier, init_distributed
 from .trainer import RunResult, Trainer, seed_everything
 
@@ -94,9 +100,9 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
                           "run on the CPU (use train.freeze_bn or a larger per-process batch)")
     run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
     resume_path = resolve_resume(resume, run_dir / "checkpoints")
-    resume_note = None
+    resume_note = resume_state = None
     if resume_path is not None:
-        resume_path, resume_note = verify_resume(resume_path)
+        resume_path, resume_note, resume_state = verify_resume(resume_path)
     check_output_dir(run_dir, resuming=resume is not None)
     if config.model.init is not None and not Path(config.model.init).is_file():
         raise ConfigError(f"model.init {config.model.init} does not exist")
@@ -104,9 +110,19 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
     build.check_batch_fits(config, bundle, env.world_size)
     if config.model.init is not None:  # a damaged or misfitting file fails before any output
         build.build_network(config, bundle.num_outputs)
+    if resume_state is not None:
+        _check_resume_fits(config, bundle.num_outputs, resume_path, resume_state)
     teacher = build.load_teacher(config, bundle) if config.method_names and _needs_teacher(config) \
         else None
     return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device, resume_note)
+
+
+def _check_resume_fits(config: Config, num_outputs: int, path: Path, state: dict[str, Any]) -> None:
+    """The checkpoint's student must be this run's network (architecture and class count)."""
+    student = {k.removeprefix("student."): v for k, v in state["model"].items()
+               if k.startswith("student.")}
+    network = create_model(config.model.name, num_classes=num_outputs, **config.model.options)
+    load_state_strict(network, student, source=f"--resume {path}")
 
 
 def _needs_teacher(config: Config) -> bool:
@@ -162,10 +178,65 @@ def protocol_description(config: Config) -> dict[str, Any]:
             "inference": inference}
 
 
+class StartGuard:
+    """Undoes what starting a run wrote when it fails before its first checkpoint, so a failed
+    start leaves the output folder as it found it (nothing to resume was produced anyway)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.created = _topmost_missing(run_dir)
+        self.existing = {p.name for p in run_dir.iterdir()} if run_dir.is_dir() else set()
+        config = run_dir / "config.yaml"
+        self.config = config.read_bytes() if config.is_file() else None
+        self.checkpoint = _stamp(run_dir / "checkpoints" / LAST_NAME)
+
+    def undo(self) -> None:
+        if _stamp(self.run_dir / "checkpoints" / LAST_NAME) != self.checkpoint:
+            return  # a checkpoint was written: the run can be resumed, keep everything
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)
+            return
+        for path in self.run_dir.iterdir():
+            if path.name not in self.existing:
+                if path.is_dir():
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    path.unlink(missing_ok=True)
+        if self.config is not None:
+            atomic_write(self.run_dir / "config.yaml", lambda tmp: Path(tmp).write_bytes(self.config))
+
+
+def _topmost_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (None if ``path`` exists)."""
+    missing = None
+    while not path.exists():
+        missing, path = path, path.parent
+    return missing
+
+
+def _stamp(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = path.stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
 def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> RunResult:
     """Write ``config.yaml``, build the networks, train; returns the :class:`RunResult`.
 
-    ``announce`` (if given) is told each validation result as a line of text."""
+    ``announce`` (if given) is told each validation result as a line of text. A failure before
+    the first checkpoint leaves the output folder as it was (see :class:`StartGuard`)."""
+    guard = StartGuard(plan.run_dir) if plan.env.is_main else None
+    try:
+        return _execute(plan, announce)
+    except BaseException:
+        if guard is not None:
+            guard.undo()
+        raise
+
+
+def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult:
     config, env = plan.config, plan.env
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)

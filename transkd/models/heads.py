@@ -34,27 +34,61 @@ class MLPProjection(nn.Module):
 
 
 class SegFormerHead(nn.Module):
-    """All-MLP decoder: project each stage to D, upsample to 1/4, fuse, classify."""
+    """All-MLP decoder: project each stage to D, upsample to 1/4, fuse, classify.
+
+    The 1×1 fuse convolution over the concatenated upsampled projections is linear, and so are the
+    projections and bilinear upsampling (whose weights sum to one, so biases pass unchanged). The
+    head therefore composes each stage's projection with its slice of the fuse weights and applies
+    it at the stage's own resolution before upsampling: the same function (equal up to float
+    rounding) at a fraction of the cost — for SegFormer-B0 at 512×1024 the head drops from about
+    9.5 to 0.6 GMACs. ``fused_projection = False`` runs the literal reference computation, which the
+    size counter uses so reported MACs follow the architecture as published.
+    """
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, embed_dim: int = 256,
                  dropout: float = 0.1) -> None:
         super().__init__()
+        self.embed_dim = embed_dim
         self.linear_c = nn.ModuleList(MLPProjection(c, embed_dim) for c in in_channels)
         self.fuse = ConvBNReLU(embed_dim * len(in_channels), embed_dim, 1)
         self.dropout = nn.Dropout2d(dropout)
         self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
+        self.fused_projection = True
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        if self.fused_projection:
+            fused = self.fuse.relu(self.fuse.bn(self._fused_projection(features)))
+        else:
+            fused = self.fuse(self._reference_concat(features))
+        return self.classifier(self.dropout(fused))
+
+    def _reference_concat(self, features: list[torch.Tensor]) -> torch.Tensor:
         size = features[0].shape[2:]
         projected = [
             F.interpolate(proj(f), size=size, mode="bilinear", align_corners=False)
             if f.shape[2:] != size else proj(f)
             for proj, f in zip(self.linear_c, features)
         ]
-        fused = self.fuse(torch.cat(projected[::-1], dim=1))
-        return self.classifier(self.dropout(fused))
+        return torch.cat(projected[::-1], dim=1)
+
+    def _fused_projection(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Σ_i upsample(W_i · P_i(f_i)), equal to fuse.conv(concat_i upsample(P_i(f_i)))."""
+        size = features[0].shape[2:]
+        count = len(features)
+        # Concatenation order is [stage 4, ..., stage 1]: stage i owns block count-1-i.
+        blocks = self.fuse.conv.weight.flatten(1).split(self.embed_dim, dim=1)
+        out = None
+        for i in reversed(range(count)):
+            proj = self.linear_c[i].proj
+            block = blocks[count - 1 - i]
+            weight = (block @ proj.weight)[:, :, None, None]
+            y = F.conv2d(features[i], weight, block @ proj.bias)
+            if y.shape[2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out = y if out is None else out + y
+        return out
 
 
 class FPNNeck(nn.Module):

@@ -40,6 +40,20 @@ def init_transformer_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
+def tokens_to_grid(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """(B, N, C) tokens → (B, C, H, W) map without a copy.
+
+    Row-major tokens are the NHWC layout, so the map is a channels-last view; convolutions take it
+    as is and answer channels-last, which :func:`grid_to_tokens` turns back into tokens for free.
+    """
+    return x.reshape(x.shape[0], height, width, x.shape[2]).permute(0, 3, 1, 2)
+
+
+def grid_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) map → (B, N, C) tokens; a view when the map is channels-last."""
+    return x.permute(0, 2, 3, 1).flatten(1, 2)
+
+
 class DropPath(nn.Module):
     """Stochastic depth: drops the whole residual branch per sample while training."""
 
@@ -71,7 +85,7 @@ class OverlapPatchEmbed(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
         x = self.proj(x)
         height, width = x.shape[2:]
-        return self.norm(x.flatten(2).transpose(1, 2)), height, width
+        return self.norm(grid_to_tokens(x)), height, width
 
 
 class EfficientSelfAttention(nn.Module):
@@ -102,8 +116,7 @@ class EfficientSelfAttention(nn.Module):
         batch, tokens, dim = x.shape
         q = self.q(x).reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
         if self.sr_ratio > 1:
-            grid = x.transpose(1, 2).reshape(batch, dim, height, width)
-            x = self.norm(self.sr(grid).flatten(2).transpose(1, 2))
+            x = self.norm(grid_to_tokens(self.sr(tokens_to_grid(x, height, width))))
         kv = self.kv(x).reshape(batch, -1, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         out = F.scaled_dot_product_attention(
             q, kv[0], kv[1], dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
@@ -119,9 +132,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        batch, _, channels = x.shape
-        x = x.transpose(1, 2).reshape(batch, channels, height, width)
-        return self.dwconv(x).flatten(2).transpose(1, 2)
+        return grid_to_tokens(self.dwconv(tokens_to_grid(x, height, width)))
 
 
 class MixFFN(nn.Module):

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
-from .layers import OverlapPatchEmbed, TransformerBlock, init_transformer_weights
+from .layers import OverlapPatchEmbed, TransformerBlock, init_transformer_weights, tokens_to_grid
 from .registry import register_model
 
 
@@ -60,7 +60,7 @@ class EncoderStage(nn.Module):
         for block in self.blocks:
             tokens = block(tokens, height, width)
         tokens = self.norm(tokens)
-        grid = tokens.transpose(1, 2).reshape(x.shape[0], -1, height, width)
+        grid = tokens_to_grid(tokens, height, width)
         return grid, embedding
 
 
