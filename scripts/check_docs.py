@@ -162,9 +162,9 @@ def _add_block(path: Path, language: str, body: list[str], start: int,
                                 f"'{EXCLUDED_MARK} <reason>'")
         steps.extend(_parse_console(path, start, body))
     elif language == "python":
-        steps.append(Step("python", text, path, start, excluded=argument if kind == "skip" else None))
         if kind == "skip" and not argument:
             raise DocCheckError(f"{_display(path)}:{start}: 'skip' needs a reason")
+        steps.append(Step("python", text, path, start, excluded=argument if kind == "skip" else None))
     elif kind == "skip":
         raise DocCheckError(f"{_display(path)}:{start}: 'skip' applies to python blocks only")
 
@@ -368,17 +368,20 @@ def check_training_config(step: Step, args: argparse.Namespace, workdir: Path) -
 
     from transkd.errors import TranskdError
 
-    module = importlib.import_module(f"transkd.cli.{args.command}")
     seen = []
-    original = module.run_training
-    module.run_training = lambda config, resume, command: seen.append(config) or 0
+    modules = [importlib.import_module(name) for name in
+               ("transkd.cli._common", f"transkd.cli.{args.command}")]
+    originals = [module.run_training for module in modules]
+    for module in modules:
+        module.run_training = lambda config, resume, command: seen.append(config) or 0
     try:
         with _chdir(workdir):
             args.run(args)
     except (TranskdError, ValueError) as exc:
         raise DocCheckError(f"{step.where}: `{step.text}` has an invalid config: {exc}") from None
     finally:
-        module.run_training = original
+        for module, original in zip(modules, originals):
+            module.run_training = original
     if not seen:
         raise DocCheckError(f"{step.where}: `{step.text}` did not reach training")
 

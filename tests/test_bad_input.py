@@ -4,6 +4,7 @@ no traceback (unless ``--debug``), and nothing left behind: no new run folder, a
 run's checkpoint and config untouched. (Signals are covered in tests/engine/test_resume.py.)"""
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,7 +48,7 @@ class Case:
 
 def folder_dataset(root: Path, count: int = 4) -> Path:
     """``root`` with classes.yaml and ``count`` 32x64 image/mask pairs in train/ and val/."""
-    (root).mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "classes.yaml").write_text(CLASSES)
     rng = np.random.default_rng(0)
     for split in ("train", "val"):
@@ -61,10 +62,10 @@ def folder_dataset(root: Path, count: int = 4) -> Path:
     return root
 
 
-def teacher(tmp_path: Path, num_classes: int = 10, name: str = "teacher") -> Path:
+def teacher(tmp_path: Path, num_classes: int = 10) -> Path:
     torch.manual_seed(0)
     return save_model(create_model("segformer_b0", num_classes=num_classes),
-                      tmp_path / f"{name}.safetensors")
+                      tmp_path / f"teacher{num_classes}.safetensors")
 
 
 def three_stage_segformer(num_classes: int, **options) -> Segmentor:
@@ -118,10 +119,13 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
                     "config key 'train.batch_size' must be an integer, got 'two'")
     if kind == "negative_learning_rate":
         return Case([*train, "--set", "optim.lr=-0.01"], "config key 'optim.lr' must be positive")
+    if kind == "huge_learning_rate":  # would overflow float32 inside AdamW's update
+        return Case([*train, "--set", "optim.lr=1e39"], "config key 'optim.lr' must be at most 1")
     if kind == "nan_learning_rate":
         return Case([*train, "--set", "optim.lr=.nan"], "config key 'optim.lr' must be")
     if kind == "zero_batch_size":
-        return Case([*train, "--set", "train.batch_size=0"], "config key 'train.batch_size' must be a positive")
+        return Case([*train, "--set", "train.batch_size=0"],
+                    "config key 'train.batch_size' must be a positive")
     if kind == "paper_schedule_by_iterations":
         return Case([*train, "--set", "schedule.kind=paper"], "'paper' steps once per epoch")
     if kind == "unknown_model":
@@ -166,7 +170,8 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         def truncate(d):
             path = d / "images" / "train" / "f3.png"
             path.write_bytes(path.read_bytes()[:200])
-        return Case(decoded_in_first_step(truncate), f"cannot read image {data / 'images' / 'train' / 'f3.png'}")
+        return Case(decoded_in_first_step(truncate),
+                    f"cannot read image {data / 'images' / 'train' / 'f3.png'}")
     if kind == "label_16_bit":
         def sixteen(d):
             Image.fromarray(np.ones((32, 64), np.uint16) * 300).save(d / "masks" / "train" / "f0.png")
@@ -189,7 +194,8 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         return Case([*decoded_in_first_step(out_of_range), "--set", "train.num_workers=1"],
                     f"label {data / 'masks' / 'train' / 'f0.png'} holds value(s) 9 outside the legal")
     if kind == "batch_larger_than_dataset":
-        return Case([*train, "--set", "train.batch_size=8"], "train.batch_size 8 is larger than the 4 samples")
+        return Case([*train, "--set", "train.batch_size=8"],
+                    "train.batch_size 8 is larger than the 4 samples")
 
     # ---- checkpoints and weights
     if kind == "missing_teacher_file":
@@ -209,7 +215,8 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         return Case(["distill", *train[1:], "--teacher", str(tmp / "notes.safetensors"), "--method", "kd"],
                     "is not a readable safetensors file")
     if kind == "init_of_another_architecture":
-        return Case([*train, "--set", f"model.init={teacher_b1(tmp)}"], "does not fit segformer_b0")
+        return Case([*train, "--set", f"model.init={teacher_b1(tmp)}"],
+                    "b1.safetensors holds a segformer_b1, but model.name is segformer_b0")
     if kind == "init_missing":
         return Case([*train, "--set", f"model.init={tmp / 'missing.safetensors'}"], "does not exist")
     if kind == "resume_missing_checkpoint":
@@ -218,11 +225,13 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         return Case([*train, "--resume", str(teacher(tmp))], "is not a transkd training checkpoint")
     if kind == "resume_other_architecture":
         previous_run(out, "segformer_b1")
-        return Case([*train, "--resume", "auto"], "does not fit segformer_b0", existing_run=True)
+        return Case([*train, "--resume", "auto"], "continues a segformer_b1 run, but model.name is "
+                    "segformer_b0", existing_run=True)
     if kind == "resume_other_class_count":
         previous_run(out, "segformer_b0")
         return Case([*train, *FOLDER, "--data", str(folder_dataset(data)), "--resume", "auto"],
-                    "does not fit", existing_run=True)
+                    "does not fit segformer_b0: 2 wrong shape (decode_head.classifier.bias (10,) vs (3,)",
+                    existing_run=True)
     if kind == "resume_truncated_without_previous":
         previous_run(out, "segformer_b0")
         last = out / "checkpoints" / "last.pt"
@@ -241,17 +250,23 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
             lambda: out.read_text() == "precious"])
     if kind == "output_under_a_file":
         (tmp / "file").write_text("x")
-        return Case([*TINY_TRAIN(tmp / "file" / "run")], "cannot be created")
+        return Case(train_args(tmp / "file" / "run"), f"cannot be created: {tmp / 'file'} is a file")
     if kind == "output_not_writable":
-        monkeypatch.setattr(run_module.os, "access", lambda path, mode: False)
-        return Case(train, "cannot be created")
+        locked = tmp / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        if os.geteuid() == 0:  # root writes anywhere: make the permission check see the mode
+            real_access = os.access
+            monkeypatch.setattr(run_module.os, "access", lambda path, mode: (
+                Path(path) != locked and real_access(path, mode)))
+        return Case(train_args(locked / "run"), f"cannot be created: {locked} is not writable")
     if kind == "output_holds_a_run":
         previous_run(out, "segformer_b0")
         return Case(train, "already holds a run", existing_run=True)
     raise AssertionError(kind)
 
 
-def TINY_TRAIN(output: Path) -> list[str]:  # noqa: N802 (reads like the constant it extends)
+def train_args(output: Path) -> list[str]:
     return ["train", *TINY, "--output", str(output)]
 
 
@@ -261,13 +276,14 @@ def teacher_b1(tmp: Path) -> Path:
 
 def previous_run(out: Path, model: str) -> None:
     """A finished tiny run of ``model`` in ``out`` (what a bad resume must not damage)."""
-    assert main([*TINY_TRAIN(out), "--set", f"model.name={model}"]) == 0
+    assert main([*train_args(out), "--set", f"model.name={model}"]) == 0
 
 
 KINDS = [
     "missing_config_file", "config_not_yaml", "config_not_a_mapping", "unknown_config_key",
     "malformed_override", "wrong_type", "negative_learning_rate", "nan_learning_rate",
-    "zero_batch_size", "paper_schedule_by_iterations", "unknown_model", "encoder_as_model",
+    "huge_learning_rate", "zero_batch_size", "paper_schedule_by_iterations", "unknown_model",
+    "encoder_as_model",
     "unknown_method", "method_without_teacher", "unknown_dataset", "bad_method_option",
     "missing_dataset_root", "missing_classes_file", "missing_split", "empty_split",
     "image_without_label", "label_without_image", "unreadable_image", "truncated_png",
@@ -306,7 +322,7 @@ def test_bad_input_gives_one_sentence_and_leaves_nothing(tmp_path, capsys, monke
 
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ConfigError, match="optim.lr"):
-        main(["--debug", *TINY_TRAIN(tmp_path / "run"), "--set", "optim.lr=-1"])
+        main(["--debug", *train_args(tmp_path / "run"), "--set", "optim.lr=-1"])
     assert not (tmp_path / "run").exists()
 
 
@@ -316,3 +332,83 @@ def test_teacher_and_student_with_different_stage_counts_through_the_api():
     assert len(student.encoder.widths) == 3
     with pytest.raises(ConfigError, match="teacher has 4 stages but student has 3"):
         create_distiller("transkd_base", teacher_net, student)
+
+
+# --------------------------------------------------------------------------- numerical faults
+
+#: A checkpoint after every step, no validation before the end.
+EVERY_STEP = ["--set", "train.iterations=4", "--set", "train.checkpoint_interval=1",
+              "--set", "train.val_interval=100", "--set", "train.log_interval=1"]
+
+
+def poison_loss_at(monkeypatch, call: int) -> None:
+    """The cross-entropy of the ``call``-th training forward pass becomes NaN."""
+    from transkd.distill import base
+
+    original = base.cross_entropy_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        value = original(*args, **kwargs)
+        return value * float("nan") if calls["n"] == call else value
+
+    monkeypatch.setattr("transkd.engine.build.cross_entropy_loss", poisoned)
+
+
+def finite_checkpoint_step(path: Path) -> int:
+    from transkd.engine.checkpoint import load_checkpoint
+
+    data = load_checkpoint(path)
+    assert all(bool(torch.isfinite(v).all()) for v in data["model"].values() if v.is_floating_point())
+    return data["position"]["step"]
+
+
+def test_nan_loss_stops_with_the_step_and_term_and_keeps_the_last_good_checkpoint(
+        tmp_path, capsys, monkeypatch):
+    poison_loss_at(monkeypatch, 3)
+    out = tmp_path / "run"
+    code = main([*train_args(out), *EVERY_STEP])
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith("error: training stopped: loss term 'ce' is nan at step 3")
+    assert f"the last good checkpoint is {out / 'checkpoints' / 'last.pt'}" in lines[0]
+    assert finite_checkpoint_step(out / "checkpoints" / "last.pt") == 2
+
+
+def test_nan_loss_skipped_and_counted(tmp_path, capsys, monkeypatch):
+    poison_loss_at(monkeypatch, 2)
+    out = tmp_path / "run"
+    assert main([*train_args(out), *EVERY_STEP, "--set", "train.nonfinite=skip"]) == 0
+    assert "skipped 1 step(s) with a non-finite loss" in capsys.readouterr().out
+    assert finite_checkpoint_step(out / "checkpoints" / "last.pt") == 4
+    summary = (out / "summary.json").read_text()
+    assert '"skipped_steps": 1' in summary
+
+
+def test_weights_that_turn_non_finite_are_never_checkpointed(tmp_path, capsys, monkeypatch):
+    """A finite loss whose update still breaks the weights (the failure mode of a far too high
+    learning rate): the checkpoint is refused and the previous one stays."""
+    original = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def breaking_step(self, *args, **kwargs):
+        result = original(self, *args, **kwargs)
+        calls["n"] += 1
+        if calls["n"] == 3:
+            with torch.no_grad():
+                self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", breaking_step)
+    out = tmp_path / "run"
+    code = main([*train_args(out), *EVERY_STEP])
+    stderr = capsys.readouterr().err
+    lines = stderr.strip().splitlines()
+    assert code == 2 and len(lines) == 1, stderr
+    assert lines[0].startswith(f"error: refusing to write {out / 'checkpoints' / 'last.pt'}")
+    assert "not finite (first: student.encoder.stages.0.patch_embed.proj.weight)" in lines[0]
+    assert finite_checkpoint_step(out / "checkpoints" / "last.pt") == 2
+    assert finite_checkpoint_step(out / "checkpoints" / "previous.pt") == 1
+    assert not list((out / "checkpoints").glob(".*tmp"))

@@ -457,6 +457,8 @@ def validate(config: Config) -> Config:
 
     train, optim, schedule = config.train, config.optim, config.schedule
     _require(optim.lr > 0, "optim.lr", f"must be positive, got {optim.lr}")
+    _require(optim.lr <= 1, "optim.lr", f"must be at most 1 (AdamW steps each weight by about lr), "
+             f"got {optim.lr}")
     _require(all(0 <= b < 1 for b in optim.betas), "optim.betas",
              f"must be two numbers in [0, 1), got {list(optim.betas)}")
     _require(optim.eps > 0, "optim.eps", f"must be positive, got {optim.eps}")

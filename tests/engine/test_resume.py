@@ -15,6 +15,7 @@ import torch
 
 from transkd.cli import main
 from transkd.engine.checkpoint import load_checkpoint
+from transkd.engine.logging import read_metrics
 from transkd.models import create_model
 from transkd.weights.io import read_safetensors, save_model
 
@@ -161,12 +162,14 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert load_checkpoint(previous)["position"]["step"] == 2  # the one before is kept
     data = last.read_bytes()
     last.write_bytes(data[: len(data) // 2])
+    with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write('{"kind": "train", "step": 4, "lo')  # a record cut off by the crash
     capsys.readouterr()
 
     run_in_process("train", SHORT, run_dir, "--resume", "auto")
     out = capsys.readouterr().out
     assert f"{last} is damaged" in out and f"resuming from {previous}" in out
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(run_dir / "metrics.jsonl")  # every line is a complete record again
     assert [r["step"] for r in records if r.get("event") == "resumed"] == [2]
     assert load_checkpoint(last)["position"]["step"] == 4
 

@@ -113,8 +113,11 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
     if encoder_only:
         state = {k.removeprefix("encoder."): v for k, v in state.items()}
         load_state_strict(model.encoder, state, source=f"model.init {path}")
-    else:
-        load_state_strict(model, state, source=f"model.init {path}")
+        return
+    name = getattr(model, "model_name", None)
+    if architecture and name and architecture != name:
+        raise CheckpointError(f"model.init {path} holds a {architecture}, but model.name is {name}")
+    load_state_strict(model, state, source=f"model.init {path}")
 
 
 def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:

@@ -169,8 +169,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def _first_line(exc: BaseException) -> str:
+    """The first sentence of an error message (PyTorch's zip errors run on with advice)."""
     text = str(exc).strip()
-    return text.splitlines()[0].rstrip(".") if text else type(exc).__name__
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(exc).__name__
 
 
 def export_weights(student: nn.Module, adapters: nn.Module | None, directory: str | Path,

@@ -37,6 +37,7 @@ class MetricsLogger:
         self._file = None
         self._writer = None
         if self.enabled:
+            drop_partial_record(self.path)
             self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (kept open for the run)
             if tensorboard:
                 from torch.utils.tensorboard import SummaryWriter
@@ -66,6 +67,23 @@ class MetricsLogger:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+def drop_partial_record(path: Path) -> None:
+    """Cut a last line left unfinished by a killed process, so appending to the file (when a
+    run resumes) keeps one complete JSON record per line."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as fh:
+        size = fh.seek(0, 2)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        fh.seek(0)
+        data = fh.read()
+        fh.truncate(data.rfind(b"\n") + 1)
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

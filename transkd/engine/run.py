@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..config import Config
-from ..errors import ConfigError
+from ..errors import CheckpointError, ConfigError
 from ..models import create_model
 from ..weights.io import atomic_write, load_state_strict
 from . import build
@@ -119,6 +119,10 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
 
 def _check_resume_fits(config: Config, num_outputs: int, path: Path, state: dict[str, Any]) -> None:
     """The checkpoint's student must be this run's network (architecture and class count)."""
+    saved = state.get("student")
+    if saved and saved != config.model.name:
+        raise CheckpointError(f"--resume {path} continues a {saved} run, but model.name is "
+                              f"{config.model.name}")
     student = {k.removeprefix("student."): v for k, v in state["model"].items()
                if k.startswith("student.")}
     network = create_model(config.model.name, num_classes=num_outputs, **config.model.options)

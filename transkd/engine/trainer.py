@@ -492,6 +492,7 @@ class Trainer:
             "skipped_steps": self.skipped,
             "elapsed_seconds": self.elapsed_before + time.perf_counter() - start,
             "method": self.distiller.method_name,
+            "student": getattr(self.distiller.student, "model_name", None),
         }
         self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint)
         if export:
