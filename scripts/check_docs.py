@@ -99,7 +99,7 @@ def _display(path: Path) -> str:
 
 
 #: Pages outside docs/ that follow the conventions too (paths relative to the repository).
-EXTRA_PAGES: tuple[str, ...] = ()
+EXTRA_PAGES: tuple[str, ...] = ("README.md",)
 
 
 def doc_pages() -> list[Path]:

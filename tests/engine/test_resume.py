@@ -164,6 +164,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     last.write_bytes(data[: len(data) // 2])
     with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write('{"kind": "train", "step": 4, "lo')  # a record cut off by the crash
+    (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(data[:1000])  # a write cut off by the crash
     capsys.readouterr()
 
     run_in_process("train", SHORT, run_dir, "--resume", "auto")
@@ -172,6 +173,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     records = read_metrics(run_dir / "metrics.jsonl")  # every line is a complete record again
     assert [r["step"] for r in records if r.get("event") == "resumed"] == [2]
     assert load_checkpoint(last)["position"]["step"] == 4
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt", "previous.pt"]
 
 
 def test_corrupt_bytes_inside_a_checkpoint_are_detected(tmp_path, capsys):

@@ -112,6 +112,8 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
                               f"finite (first: {bad[0]})")
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **checkpoint}
     payload["digest"] = contents_digest(payload)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
 
     def write(tmp: str) -> None:
         torch.save(payload, tmp)

@@ -148,7 +148,19 @@ def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module
         "protocol_options": _plain(protocol.to_dict()),
         "method": config.distill.method,
         "teacher": getattr(teacher, "model_name", None),
+        "resize": eval_resize(protocol),
+        "inference_options": {"mode": config.eval.mode, "crop": _plain(config.eval.crop),
+                              "stride": _plain(config.eval.stride)},
     }
+
+
+def eval_resize(protocol) -> dict[str, Any] | None:
+    """How the evaluation pipeline resizes an image, for ``transkd predict`` to do the same."""
+    if protocol.name == "paper":
+        if protocol.image_size is not None:
+            return {"size": list(protocol.image_size)}
+        return {"short_side": protocol.short_side} if protocol.short_side else None
+    return {"scale": list(protocol.scale)} if protocol.scale is not None else None
 
 
 def _plain(value: Any) -> Any:
