@@ -415,8 +415,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def reference_commit(path: Path) -> str | None:
-    proc = subprocess.run(["git", "-C", str(path), "rev-parse", "HEAD"], capture_output=True, text=True)
+def git_version(path: Path) -> str | None:
+    """Commit of the checkout holding ``path`` (``-dirty`` when it has local changes)."""
+    proc = subprocess.run(["git", "-C", str(path), "describe", "--always", "--dirty", "--abbrev=40"],
+                          capture_output=True, text=True)
     return proc.stdout.strip() if proc.returncode == 0 else None
 
 
@@ -489,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
+    import transkd
+
     reference = args.reference.resolve()
     common = {"threads": args.threads, "reference": str(reference)}
     specs = []
@@ -515,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
                    "reference": str(reference), "sizes": [list(s) for s in args.sizes]},
         "machine": {"torch": torch.__version__, "python": platform.python_version(),
                     "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                    "reference_commit": reference_commit(reference)},
+                    "reference_commit": git_version(reference),
+                    "transkd_commit": git_version(Path(transkd.__file__).parent)},
         "results": results,
         "ratios": ratios(results),
         "sanity": sanity,

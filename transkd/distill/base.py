@@ -60,6 +60,9 @@ class DistillMethod(nn.Module):
 
     name: ClassVar[str] = ""
     uses_teacher: ClassVar[bool] = True
+    #: False when the method reads only the teacher's stage maps and embeddings: then the
+    #: teacher's decode head (for SegFormer-B2 the costliest part of its forward) is skipped.
+    uses_teacher_logits: ClassVar[bool] = True
 
     @dataclass
     class Options:
@@ -195,7 +198,10 @@ class Distiller(nn.Module):
     def teacher_forward(self, images: torch.Tensor) -> SegmentationOutput | None:
         if self.teacher is None or not any(m.uses_teacher for m in self.methods.values()):
             return None
-        return self.teacher(images, return_features=True)
+        if any(m.uses_teacher_logits for m in self.methods.values()):
+            return self.teacher(images, return_features=True)
+        encoded = self.teacher.encoder(images, return_embeddings=True)
+        return SegmentationOutput(None, encoded.features, encoded.embeddings)
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         needs_outputs = bool(self.methods)

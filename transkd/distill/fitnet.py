@@ -30,6 +30,7 @@ class FitNetHints(DistillMethod):
     """1×1-conv hint regressors + MSE on the chosen stage maps. Term ``fitnet``."""
 
     name = "fitnet"
+    uses_teacher_logits = False
 
     @dataclass
     class Options:

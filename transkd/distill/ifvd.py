@@ -68,6 +68,7 @@ class IntraClassFeatureVariation(DistillMethod):
     """IFVD on one stage map, prototypes from the labels. Term ``ifvd``."""
 
     name = "ifvd"
+    uses_teacher_logits = False
 
     @dataclass
     class Options:

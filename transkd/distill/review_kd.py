@@ -81,6 +81,7 @@ class KnowledgeReview(DistillMethod):
     """Review path of ABF units + HCL against the teacher's stage maps. Term ``hcl``."""
 
     name = "review_kd"
+    uses_teacher_logits = False
 
     @dataclass
     class Options:

@@ -328,6 +328,7 @@ class TransKDMethod(DistillMethod):
 
     use_features: ClassVar[bool] = True
     use_embeddings: ClassVar[bool] = True
+    uses_teacher_logits = False
 
     def __init__(self, student: NetworkInfo, teacher: NetworkInfo | None, options) -> None:
         super().__init__(student, teacher, options)
