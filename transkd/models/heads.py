@@ -87,7 +87,7 @@ class SegFormerHead(nn.Module):
             y = F.conv2d(features[i], weight, block @ proj.bias)
             if y.shape[2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            out = y if out is None else out + y
+            out = y if out is None else out.add_(y)  # y and out are fresh: no autograd hazard
         return out
 
 
