@@ -302,7 +302,7 @@ def structure_from_hf_config(config: Mapping[str, Any], state: Mapping[str, torc
 
 
 def hf_class_names(config: Mapping[str, Any]) -> list[str] | None:
-    """Class names from ``id2label``, unless they are the placeholder ``LABEL_<i>`` ones."""
+    """Class names from ``id2label``, unless they are the generic ``LABEL_<i>`` names HF fills in."""
     id2label = config.get("id2label") or {}
     try:
         names = [str(id2label[str(i)] if str(i) in id2label else id2label[i])
