@@ -20,15 +20,6 @@ from transkd.models import create_model
 from transkd.weights.io import read_safetensors, save_model
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs gain nothing from threads, and a shared machine makes thread barriers slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def student_file(tmp_path_factory) -> Path:
     torch.manual_seed(0)

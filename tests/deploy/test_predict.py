@@ -28,15 +28,6 @@ from transkd.weights.io import save_model, save_state_dict
 PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny inputs gain nothing from threads, and a shared machine makes thread barriers slow."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
