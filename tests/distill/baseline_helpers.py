@@ -6,11 +6,7 @@ Most baseline tests run a method on random tensors shaped like a tiny teacher/st
 
 from __future__ import annotations
 
-import json
-
-import pytest
 import torch
-from make_fixtures import build_case, fixture_path, run_steps
 
 from transkd.distill import DistillContext, DistillMethod, NetworkInfo, get_method
 from transkd.models.segmentor import SegmentationOutput
@@ -85,17 +81,3 @@ def backward_and_collect(method: DistillMethod, ctx: DistillContext) -> dict[str
     for tensor in [teacher.logits, *teacher.features, *teacher.embeddings]:
         assert tensor.grad is None and not tensor.requires_grad
     return terms
-
-
-def assert_matches_pinned(method: str, **options) -> None:
-    """Three training steps of the real case reproduce ``fixtures/<method>.json``."""
-    path = fixture_path(method)
-    assert path.is_file(), f"run `python tests/distill/make_fixtures.py --method {method}`"
-    pinned = json.loads(path.read_text())["steps"]
-    history = run_steps(*build_case(method, **options))
-    assert len(history) == len(pinned)
-    for step, (got, want) in enumerate(zip(history, pinned)):
-        assert set(got) == set(want)
-        rel = 1e-5 if step == 0 else 5e-5
-        for key in want:
-            assert got[key] == pytest.approx(want[key], rel=rel, abs=1e-7), f"step {step} {key}"

@@ -4,7 +4,6 @@ import pytest
 import torch
 from baseline_helpers import (
     TEACHER_WIDTHS,
-    assert_matches_pinned,
     assert_scalar_terms,
     backward_and_collect,
     build_method,
@@ -104,6 +103,3 @@ def test_invalid_options_are_rejected(options, message):
     with pytest.raises(ConfigError, match=message):
         build_method("cwd", **options)
 
-
-def test_matches_pinned_values():
-    assert_matches_pinned("cwd")
