@@ -208,3 +208,18 @@ def test_resume_refuses_another_method(tmp_path):
     plan = plan_run(config, resume="auto")
     with pytest.raises(Exception, match="trained with method 'none'"):
         execute(plan)
+
+
+def test_read_metrics_keeps_the_resumed_record_of_a_repeated_step(tmp_path):
+    """A run resumed from step 2 logs steps 3-4 again; the later records are the ones it continued."""
+    lines = [{"kind": "train", "step": s, "loss": 1.0} for s in (2, 3, 4)]
+    lines += [{"kind": "val", "step": 4, "miou": 0.1},
+              {"kind": "event", "step": 2, "event": "resumed"}, {"kind": "event", "step": 2, "event": "note"}]
+    lines += [{"kind": "train", "step": s, "loss": 0.5} for s in (3, 4)]
+    lines += [{"kind": "val", "step": 4, "miou": 0.2}]
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    records = read_metrics(path)
+    assert [(r["kind"], r["step"], r.get("loss", r.get("miou", r.get("event")))) for r in records] == [
+        ("train", 2, 1.0), ("event", 2, "resumed"), ("event", 2, "note"),
+        ("train", 3, 0.5), ("train", 4, 0.5), ("val", 4, 0.2)]

@@ -86,10 +86,24 @@ def drop_partial_record(path: Path) -> None:
         fh.truncate(data.rfind(b"\n") + 1)
 
 
+# Records that measure a step; an event (resumed, skipped, stopped) is history and always kept.
+MEASUREMENT_KINDS = ("train", "val", "teacher_val")
+
+
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """All records of a ``metrics.jsonl`` file."""
+    """The records of a ``metrics.jsonl`` file, one per (kind, step).
+
+    A run resumed after a crash logs again the steps since its last checkpoint; the later record
+    of a (kind, step) pair is the one the resumed run continued from, so it replaces the earlier.
+    """
     with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        records = [json.loads(line) for line in fh if line.strip()]
+    def key(record: Any) -> tuple[Any, int] | None:
+        measured = isinstance(record, dict) and record.get("kind") in MEASUREMENT_KINDS
+        return (record["kind"], record["step"]) if measured and isinstance(record.get("step"), int) else None
+
+    last = {key(r): i for i, r in enumerate(records) if key(r) is not None}
+    return [r for i, r in enumerate(records) if key(r) is None or last[key(r)] == i]
 
 
 def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:
