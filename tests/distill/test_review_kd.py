@@ -44,10 +44,10 @@ def test_term_is_weighted_hcl_and_gradients_reach_all_units():
     assert method.options.mid_channels == 64
     ctx = fake_context()
     terms = backward_and_collect(method, ctx)
-    assert_scalar_terms(terms, {"hcl"})
+    assert_scalar_terms(terms, {"review_hcl"})
     with torch.no_grad():
         expected = 2.0 * hcl_loss(method.review(ctx.student.features), ctx.teacher.features)
-    assert terms["hcl"].item() == pytest.approx(expected.item(), rel=1e-5)
+    assert terms["review_hcl"].item() == pytest.approx(expected.item(), rel=1e-5)
     for name, param in method.named_parameters():
         assert param.grad is not None and torch.isfinite(param.grad).all(), name
     assert all(f.grad is not None for f in ctx.student.features)
@@ -59,7 +59,7 @@ def test_single_sample_batch_with_one_pixel_stage_trains():
     ctx = fake_context(batch=1, size=32)            # stage 4 is 1×1
     assert ctx.student.features[3].shape[-2:] == (1, 1)
     terms = backward_and_collect(method, ctx)
-    assert torch.isfinite(terms["hcl"])
+    assert torch.isfinite(terms["review_hcl"])
 
 
 @pytest.mark.parametrize("options, message", [
@@ -71,3 +71,16 @@ def test_invalid_options_are_rejected(options, message):
     with pytest.raises(ConfigError, match=message):
         build_method("review_kd", **options)
 
+
+
+def test_combines_with_transkd_because_its_term_has_its_own_name():
+    from transkd.distill import create_distiller
+    from transkd.models import create_model
+
+    torch.manual_seed(0)
+    teacher = create_model("segformer_b1", num_classes=5)
+    student = create_model("segformer_b0", num_classes=5)
+    distiller = create_distiller("review_kd+transkd_base", teacher, student)
+    terms = distiller(torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 16, 16)))
+    assert {"review_hcl", "hcl", "ce"} <= set(terms)
+    assert all(torch.isfinite(terms[k]) for k in ("review_hcl", "hcl", "loss"))

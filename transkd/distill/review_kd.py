@@ -11,7 +11,8 @@ compared with the teacher's map of the same stage by the hierarchical context lo
 Defaults: HCL weight 1.0 (the authors' ``kd_loss_weight``); mid width 64, the width of TransKD's
 CSF path (the authors use ``min(512, last student width)`` for classification), so the two
 fusion schemes differ only in how they fuse. The authors' warm-up of the loss weight over the
-first epochs is a schedule, left to the trainer. Term ``hcl``.
+first epochs is a schedule, left to the trainer. Term ``review_hcl`` (not ``hcl``, so that
+``review_kd+transkd_base`` can be combined).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class ReviewPath(nn.Module):
 
 @register_method
 class KnowledgeReview(DistillMethod):
-    """Review path of ABF units + HCL against the teacher's stage maps. Term ``hcl``."""
+    """Review path of ABF units + HCL against the teacher's stage maps. Term ``review_hcl``."""
 
     name = "review_kd"
     uses_teacher_logits = False
@@ -99,4 +100,4 @@ class KnowledgeReview(DistillMethod):
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         outputs = self.review(ctx.student.features)
-        return {"hcl": self.options.hcl_weight * hcl_loss(outputs, ctx.teacher.features)}
+        return {"review_hcl": self.options.hcl_weight * hcl_loss(outputs, ctx.teacher.features)}
