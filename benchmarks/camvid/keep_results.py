@@ -1,0 +1,77 @@
+"""Copy what a finished CamVid table run should keep into the repository: every run's
+``config.yaml``, ``metrics.jsonl`` and ``summary.json``, the console logs and the report.
+Weights, checkpoints and TensorBoard events stay behind.
+
+    python benchmarks/camvid/keep_results.py runs/camvid_table --data /path/to/CamVid \\
+        --into benchmarks/camvid/results
+
+Machine-specific paths in the kept text files are replaced by the placeholders the docs use:
+the dataset root by ``/path/to/CamVid``, the table's output folder by ``runs/camvid_table`` and
+the repository's own folder by nothing (preset paths become ``configs/camvid/...``), so every kept
+config reproduces its row with ``--data`` and the same folder layout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
+TEXT_SUFFIXES = {".yaml", ".jsonl", ".json", ".log", ".md", ".html"}
+
+
+def anonymise(text: str, replacements: dict[str, str]) -> str:
+    for old, new in replacements.items():
+        text = text.replace(old, new)
+    return text
+
+
+def copy(source: Path, target: Path, replacements: dict[str, str]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.suffix in TEXT_SUFFIXES:
+        target.write_text(anonymise(source.read_text(encoding="utf-8"), replacements), encoding="utf-8")
+    else:
+        shutil.copyfile(source, target)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", type=Path, help="the --output folder of run_table.py")
+    parser.add_argument("--data", required=True, help="the CamVid root the table was trained on")
+    parser.add_argument("--into", type=Path, required=True, help="folder to write (replaced if it exists)")
+    parser.add_argument("--console", type=Path,
+                        help="run_table.py's own console output, kept as run_table.log")
+    args = parser.parse_args()
+
+    table = args.table.resolve()
+    runs = sorted(p for p in table.iterdir() if all((p / f).is_file() for f in RUN_FILES[:2]))
+    report = table / "report"
+    if not runs or not (report / "REPORT.md").is_file():
+        sys.exit(f"{table} holds no finished table (run folders and report/REPORT.md)")
+    data = "/path/to/CamVid"
+    replacements = {str(Path(args.data).resolve()): data, args.data.rstrip("/"): data,
+                    str(table): "runs/camvid_table", f"{REPOSITORY}/": ""}
+
+    staging = args.into.with_name(args.into.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for run in runs:
+        for name in RUN_FILES:
+            if (run / name).is_file():
+                copy(run / name, staging / run.name / name, replacements)
+    for log in sorted((table / "logs").glob("*.log")):
+        copy(log, staging / "logs" / log.name, replacements)
+    if args.console:
+        copy(args.console, staging / "run_table.log", replacements)
+    for path in sorted(p for p in report.rglob("*") if p.is_file()):
+        copy(path, staging / "report" / path.relative_to(report), replacements)
+    shutil.rmtree(args.into, ignore_errors=True)
+    staging.rename(args.into)
+    print(f"kept {len(runs)} runs and the report in {args.into}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
