@@ -1,6 +1,8 @@
 """Copy what a finished CamVid table run should keep into the repository: every run's
-``config.yaml``, ``metrics.jsonl`` and ``summary.json``, the console logs and the report.
-Weights, checkpoints and TensorBoard events stay behind.
+``config.yaml``, ``metrics.jsonl`` and ``summary.json`` and the console logs, then write the
+report again from those copies. Weights, checkpoints, TensorBoard events and dataset images stay
+behind: the kept report has no sample predictions (``--samples 0``), which would show CamVid
+frames.
 
     python benchmarks/camvid/keep_results.py runs/camvid_table --data /path/to/CamVid \\
         --into benchmarks/camvid/results
@@ -15,8 +17,11 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
+
+from run_table import STUDENT_METHODS
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUN_FILES = ("config.yaml", "metrics.jsonl", "summary.json")
@@ -47,10 +52,11 @@ def main() -> int:
     args = parser.parse_args()
 
     table = args.table.resolve()
-    runs = sorted(p for p in table.iterdir() if all((p / f).is_file() for f in RUN_FILES[:2]))
-    report = table / "report"
-    if not runs or not (report / "REPORT.md").is_file():
-        sys.exit(f"{table} holds no finished table (run folders and report/REPORT.md)")
+    order = ["teacher_b2", "student_b0", *(f"{m}_b2-b0" for m in STUDENT_METHODS)]
+    runs = sorted((p for p in table.iterdir() if all((p / f).is_file() for f in RUN_FILES[:2])),
+                  key=lambda p: (order.index(p.name) if p.name in order else len(order), p.name))
+    if not runs:
+        sys.exit(f"{table} holds no run folders (config.yaml and metrics.jsonl)")
     data = "/path/to/CamVid"
     replacements = {str(Path(args.data).resolve()): data, args.data.rstrip("/"): data,
                     str(table): "runs/camvid_table", f"{REPOSITORY}/": ""}
@@ -65,8 +71,8 @@ def main() -> int:
         copy(log, staging / "logs" / log.name, replacements)
     if args.console:
         copy(args.console, staging / "run_table.log", replacements)
-    for path in sorted(p for p in report.rglob("*") if p.is_file()):
-        copy(path, staging / "report" / path.relative_to(report), replacements)
+    subprocess.run([sys.executable, "-m", "transkd", "report", *(run.name for run in runs),
+                    "--samples", "0", "--output", "report"], cwd=staging, check=True)
     shutil.rmtree(args.into, ignore_errors=True)
     staging.rename(args.into)
     print(f"kept {len(runs)} runs and the report in {args.into}")
