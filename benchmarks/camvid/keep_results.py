@@ -59,7 +59,7 @@ def main() -> int:
         sys.exit(f"{table} holds no run folders (config.yaml and metrics.jsonl)")
     data = "/path/to/CamVid"
     replacements = {str(Path(args.data).resolve()): data, args.data.rstrip("/"): data,
-                    str(table): "runs/camvid_table", f"{REPOSITORY}/": ""}
+                    str(table): "runs/camvid_table", f"{REPOSITORY}/": "", sys.executable: "python"}
 
     staging = args.into.with_name(args.into.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
