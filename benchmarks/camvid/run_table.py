@@ -6,12 +6,14 @@ distilled with kd, cwd, review_kd, transkd_base, transkd_gl and transkd_ea. Then
 comparison report (mIoU, per-class IoU, share of the teacher–student gap closed, params, MACs,
 wall time) with ``transkd report``.
 
-    python benchmarks/camvid/run_table.py --data /path/to/CamVid --output runs/camvid_table
+    python benchmarks/camvid/run_table.py --data /path/to/CamVid --output runs/camvid_table \
+        --epochs 25 --threads 2 --jobs 2
 
 Presets: ``configs/camvid/*_cpu40e.yaml`` (192×256 inputs, 40 epochs, batch 8). The resolution
 and schedule are chosen so the whole table fits a CPU budget; ``--epochs`` shortens it further
-(every run gets the same value) and ``--set`` passes extra overrides to every run. Each command is
-printed before it runs so every row can be reproduced by hand.
+(every run gets the same value; the table in docs/results.md used 25, about two hours on two
+cores) and ``--set`` passes extra overrides to every run. Each command is printed before it runs
+so every row can be reproduced by hand; ``keep_results.py`` then keeps the metrics and report.
 
 The teacher trains first with every thread (``--threads``); the student runs then share the
 machine, ``--jobs`` at a time with ``threads // jobs`` threads each (one single-threaded process
