@@ -36,7 +36,7 @@ def anonymise(text: str, replacements: dict[str, str]) -> str:
 
 def copy(source: Path, target: Path, replacements: dict[str, str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    if source.suffix in TEXT_SUFFIXES:
+    if target.suffix in TEXT_SUFFIXES:
         target.write_text(anonymise(source.read_text(encoding="utf-8"), replacements), encoding="utf-8")
     else:
         shutil.copyfile(source, target)
