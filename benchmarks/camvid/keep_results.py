@@ -8,7 +8,7 @@ frames.
         --into benchmarks/camvid/results
 
 Machine-specific paths in the kept text files are replaced by the placeholders the docs use:
-the dataset root by ``/path/to/CamVid``, the table's output folder by ``runs/camvid_table`` and
+the dataset root by ``/path/to/CamVid``, the folder holding the table's output by ``runs/`` and
 the repository's own folder by nothing (preset paths become ``configs/camvid/...``), so every kept
 config reproduces its row with ``--data`` and the same folder layout.
 """
@@ -59,7 +59,7 @@ def main() -> int:
         sys.exit(f"{table} holds no run folders (config.yaml and metrics.jsonl)")
     data = "/path/to/CamVid"
     replacements = {str(Path(args.data).resolve()): data, args.data.rstrip("/"): data,
-                    str(table): "runs/camvid_table", f"{REPOSITORY}/": "", sys.executable: "python"}
+                    f"{table.parent}/": "runs/", f"{REPOSITORY}/": "", sys.executable: "python"}
 
     staging = args.into.with_name(args.into.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
@@ -73,6 +73,7 @@ def main() -> int:
         copy(args.console, staging / "run_table.log", replacements)
     subprocess.run([sys.executable, "-m", "transkd", "report", *(run.name for run in runs),
                     "--samples", "0", "--output", "report"], cwd=staging, check=True)
+    (staging / "report" / "report.html").unlink()  # the same report again, figures embedded
     shutil.rmtree(args.into, ignore_errors=True)
     staging.rename(args.into)
     print(f"kept {len(runs)} runs and the report in {args.into}")
