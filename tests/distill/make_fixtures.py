@@ -7,11 +7,19 @@ Writes ``tests/distill/fixtures/<method>.json`` with every loss term of three Ad
 tiny random case (SegFormer-B2 teacher, B0 student, 64×64, batch 2, 5 classes, no dropout or
 stochastic depth). ``test_all_methods.py`` builds the same case and compares. Regenerate a
 method's file only when a change of its numbers is intended.
+
+The case runs in float64, weights and inputs drawn in float64. In float32 the
+summation order of a reduction (which differs between CPUs: AVX-512, AVX2, ARM, and with the
+thread count) moves results by ~1e-7 relative per operation, and losses that cancel, such as a KL
+divergence of two nearly equal distributions, turn that into 1e-5 or more; in float64 the same
+differences stay below 1e-12, so one file holds on every CPU with a tolerance derived from
+float64 rounding (see ``PINNED_REL``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import sys
@@ -25,30 +33,56 @@ FIXTURE_DIR = Path(__file__).with_name("fixtures")
 TEACHER, STUDENT = "segformer_b2", "segformer_b0"
 BATCH, SIZE, CLASSES = 2, 64, 5
 STEPS = 3
+#: Precision of the pinned case.
+DTYPE = torch.float64
+#: Relative tolerance of a pinned term: float64 rounding (eps 1.1e-16) accumulated over the
+#: ~1e6 operations behind one term (worst-case linear growth: 1e-10), amplified by at most 10x by
+#: cancellation in the smallest terms and by three Adam steps: 1e-9. A change of formula, default or
+#: initialisation moves a term by far more (1e-4 at least in practice).
+PINNED_REL = 1e-9
+#: Absolute floor for terms that are (near) zero, e.g. a loss on identical maps.
+PINNED_ABS = 1e-12
 LEARNING_RATE = 1e-3
 SEED = 0
 
 
-def teacher_model(seed: int = SEED) -> torch.nn.Module:
-    """The frozen teacher of the case (built once per process; methods must never change it)."""
-    return _cached_teacher(int(seed))
+def teacher_model(seed: int = SEED, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+    """The frozen teacher of the case (built once per process and precision; methods must never
+    change it)."""
+    return _cached_teacher(int(seed), dtype)
 
 
-@functools.lru_cache(maxsize=2)
-def _cached_teacher(seed: int) -> torch.nn.Module:
+@contextlib.contextmanager
+def default_dtype(dtype: torch.dtype):
+    """Create parameters and random draws directly in ``dtype``: a float32 draw that is widened
+    afterwards would carry the CPU's float32 rounding (e.g. of ``erfinv`` in truncated-normal
+    initialisation, which differs by an ulp between vectorised and scalar kernels)."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_teacher(seed: int, dtype: torch.dtype) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return create_model(TEACHER, num_classes=CLASSES, drop_path_rate=0.0, dropout=0.0)
+    with default_dtype(dtype):
+        return create_model(TEACHER, num_classes=CLASSES, drop_path_rate=0.0, dropout=0.0)
 
 
-def build_case(method: str, seed: int = SEED, **options):
-    """(distiller, images, targets) of the pinned case; every random draw has its own seed."""
-    teacher = teacher_model(seed)
-    torch.manual_seed(seed + 1)
-    student = create_model(STUDENT, num_classes=CLASSES, drop_path_rate=0.0, dropout=0.0)
-    torch.manual_seed(seed + 2)
-    distiller = create_distiller(method, teacher, student, **options)
-    generator = torch.Generator().manual_seed(seed + 3)
-    images = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator)
+def build_case(method: str, seed: int = SEED, dtype: torch.dtype = torch.float32, **options):
+    """(distiller, images, targets) of the pinned case in ``dtype``; every random draw has its own
+    seed."""
+    teacher = teacher_model(seed, dtype)
+    with default_dtype(dtype):
+        torch.manual_seed(seed + 1)
+        student = create_model(STUDENT, num_classes=CLASSES, drop_path_rate=0.0, dropout=0.0)
+        torch.manual_seed(seed + 2)
+        distiller = create_distiller(method, teacher, student, **options)
+        generator = torch.Generator().manual_seed(seed + 3)
+        images = torch.rand(BATCH, 3, SIZE, SIZE, generator=generator)
     targets = torch.randint(0, CLASSES, (BATCH, SIZE // 4, SIZE // 4), generator=generator)
     targets[:, :2, :2] = 255  # a few ignored pixels, as real labels have
     torch.manual_seed(seed + 4)
@@ -79,10 +113,11 @@ def fixture_path(method: str) -> Path:
 
 
 def make_fixture(method: str) -> Path:
-    distiller, images, targets = build_case(method)
+    distiller, images, targets = build_case(method, dtype=DTYPE)
     record = {
         "method": method, "teacher": TEACHER, "student": STUDENT, "batch": BATCH, "size": SIZE,
         "classes": CLASSES, "seed": SEED, "learning_rate": LEARNING_RATE, "torch": torch.__version__,
+        "dtype": str(DTYPE).removeprefix("torch."),
         "steps": run_steps(distiller, images, targets),
     }
     path = fixture_path(method)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models.segmentor import SegmentationOutput
+from .losses import full_precision
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,7 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index
     """Cross-entropy in fp32; logits are upsampled bilinearly to the label size if they differ."""
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    return F.cross_entropy(logits.float(), targets.long(), weight=weight, ignore_index=ignore_index)
+    return F.cross_entropy(full_precision(logits), targets.long(), weight=weight, ignore_index=ignore_index)
 
 
 class Distiller(nn.Module):
@@ -210,13 +211,13 @@ class Distiller(nn.Module):
             student_out = SegmentationOutput(student_out, [], [])
         teacher_out = self.teacher_forward(images)
         terms: dict[str, torch.Tensor] = {
-            "ce": self.ce_weight * self.criterion(student_out.logits, targets).float()}
+            "ce": self.ce_weight * full_precision(self.criterion(student_out.logits, targets))}
         ctx = DistillContext(images, targets, student_out, teacher_out, self.ignore_index)
         for method in self.methods.values():
             for key, value in method.loss_terms(ctx).items():
                 if key in terms:
                     raise RuntimeError(f"loss term {key!r} is produced twice")
-                terms[key] = value.float()
+                terms[key] = full_precision(value)
         terms["loss"] = torch.stack(list(terms.values())).sum()
         terms["logits"] = student_out.logits
         return terms

@@ -23,6 +23,7 @@ from torch import nn
 
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_positive, check_stage_list, check_stages_exist, check_weight
+from .losses import full_precision
 from .registry import register_method
 
 TARGETS = ("logits", "features", "both")
@@ -35,8 +36,8 @@ def channel_wise_divergence(student: torch.Tensor, teacher: torch.Tensor,
         raise ValueError(f"student map {tuple(student.shape)} and teacher map "
                          f"{tuple(teacher.shape)} differ in shape")
     n, c = student.shape[:2]
-    log_p_s = torch.log_softmax(student.float().reshape(n * c, -1) / tau, dim=1)
-    log_p_t = torch.log_softmax(teacher.float().reshape(n * c, -1) / tau, dim=1)
+    log_p_s = torch.log_softmax(full_precision(student).reshape(n * c, -1) / tau, dim=1)
+    log_p_t = torch.log_softmax(full_precision(teacher).reshape(n * c, -1) / tau, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
     return kl * tau ** 2 / (n * c)
 

@@ -22,6 +22,7 @@ import torch
 
 from .base import DistillContext, DistillMethod
 from .kd import check_positive, check_weight
+from .losses import full_precision
 from .registry import register_method
 
 
@@ -40,8 +41,8 @@ def relation_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
     classes = student_logits.shape[1]
-    p_s = (student_logits.float() / tau).softmax(dim=1).movedim(1, -1).reshape(-1, classes)
-    p_t = (teacher_logits.float() / tau).softmax(dim=1).movedim(1, -1).reshape(-1, classes)
+    p_s = (full_precision(student_logits) / tau).softmax(dim=1).movedim(1, -1).reshape(-1, classes)
+    p_t = (full_precision(teacher_logits) / tau).softmax(dim=1).movedim(1, -1).reshape(-1, classes)
     inter = 1 - pearson_correlation(p_s, p_t, dim=1).mean()
     intra = 1 - pearson_correlation(p_s, p_t, dim=0).mean()
     return inter * tau ** 2, intra * tau ** 2

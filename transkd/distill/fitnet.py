@@ -22,6 +22,7 @@ from torch import nn
 
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_stage_list, check_stages_exist, check_weight
+from .losses import full_precision
 from .registry import register_method
 
 
@@ -57,5 +58,5 @@ class FitNetHints(DistillMethod):
             if guided.shape != hint.shape:
                 raise ValueError(f"stage {i}: regressed student map {tuple(guided.shape)} does not "
                                  f"match the teacher's {tuple(hint.shape)}")
-            losses.append(F.mse_loss(guided.float(), hint.float()))
+            losses.append(F.mse_loss(full_precision(guided), full_precision(hint)))
         return {"fitnet": self.options.loss_weight * torch.stack(losses).mean()}

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_stage_list, check_stages_exist, check_weight
+from .losses import full_precision
 from .registry import register_method
 
 
@@ -40,7 +41,8 @@ def prototype_similarity(feature: torch.Tensor, onehot: torch.Tensor) -> torch.T
     ``onehot`` (B, K, H, W) marks each labelled pixel's class; unlabelled pixels get 0.
     """
     with torch.autocast(feature.device.type, enabled=False):   # the sums stay in fp32
-        feature, onehot = feature.float(), onehot.float()
+        feature = full_precision(feature)
+        onehot = onehot.to(feature.dtype)
         counts = onehot.sum(dim=(2, 3)).clamp_min(1.0)                        # (B, K)
         prototypes = torch.einsum("bkhw,bchw->bkc", onehot, feature) / counts[..., None]
         per_pixel = torch.einsum("bkhw,bkc->bchw", onehot, prototypes)
@@ -57,9 +59,9 @@ def ifv_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor
     labels = resize_labels(targets, tuple(student.shape[-2:]))
     valid = (labels != ignore_index) & (labels >= 0) & (labels < num_classes)
     onehot = F.one_hot(torch.where(valid, labels, 0), num_classes).permute(0, 3, 1, 2)
-    onehot = onehot.float() * valid[:, None].float()
+    onehot = onehot * valid[:, None]
     difference = prototype_similarity(student, onehot) - prototype_similarity(teacher, onehot)
-    mask = valid.float()
+    mask = valid.to(difference.dtype)
     return (difference.pow(2) * mask).sum() / mask.sum().clamp_min(1.0)
 
 

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from .base import DistillContext, DistillMethod
+from .losses import full_precision
 from .registry import register_method
 
 
@@ -29,8 +30,8 @@ def pixelwise_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"student logits {tuple(student_logits.shape)} and teacher logits "
                          f"{tuple(teacher_logits.shape)} differ in shape")
-    log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
+    log_p_s = F.log_softmax(full_precision(student_logits) / temperature, dim=1)
+    log_p_t = F.log_softmax(full_precision(teacher_logits) / temperature, dim=1)
     kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(dim=1)
     return kl.mean() * temperature ** 2
 

@@ -9,6 +9,12 @@ import torch.nn.functional as F
 HCL_LEVELS: tuple[tuple[int, float], ...] = ((4, 0.5), (2, 0.25), (1, 0.125))
 
 
+def full_precision(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor`` in at least fp32: half-precision (AMP) values are upcast so that losses sum in
+    fp32, while fp64 stays fp64 (the pinned-loss tests run in fp64, where every CPU agrees)."""
+    return tensor if tensor.dtype in (torch.float32, torch.float64) else tensor.float()
+
+
 def hcl_stage_loss(student: torch.Tensor, teacher: torch.Tensor,
                    levels: tuple[tuple[int, float], ...] = HCL_LEVELS) -> torch.Tensor:
     """Hierarchical context loss of one stage: MSE at full size plus MSE of adaptive-average
@@ -19,7 +25,7 @@ def hcl_stage_loss(student: torch.Tensor, teacher: torch.Tensor,
     weight per level *used*, which differs only for maps at most 4 rows high (e.g. stage 4 of
     a 128-pixel input); at the paper's sizes every level is used and both agree.
     """
-    student, teacher = student.float(), teacher.float()
+    student, teacher = full_precision(student), full_precision(teacher)
     loss = F.mse_loss(student, teacher)
     total = 1.0
     height = student.shape[2]

@@ -32,6 +32,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_positive, check_stage_list, check_stages_exist, check_weight, pixelwise_kl
+from .losses import full_precision
 from .registry import register_method
 
 
@@ -40,7 +41,7 @@ def node_similarity(feature: torch.Tensor, pool_scale: float) -> torch.Tensor:
     height, width = feature.shape[-2:]
     kernel = (max(1, int(height * pool_scale)), max(1, int(width * pool_scale)))
     with torch.autocast(feature.device.type, enabled=False):   # the product stays in fp32
-        nodes = F.max_pool2d(feature.float(), kernel, stride=kernel, ceil_mode=True)
+        nodes = F.max_pool2d(full_precision(feature), kernel, stride=kernel, ceil_mode=True)
         nodes = F.normalize(nodes.flatten(2), dim=1, eps=1e-8)
         return nodes.transpose(1, 2) @ nodes
 
@@ -92,8 +93,8 @@ class WassersteinCritic(nn.Module):
 
 def critic_input(logits: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     """Class probabilities with the image (average-pooled to the logit size) as condition."""
-    condition = F.adaptive_avg_pool2d(images.float(), logits.shape[-2:])
-    return torch.cat([logits.float().softmax(dim=1), condition], dim=1)
+    condition = F.adaptive_avg_pool2d(full_precision(images), logits.shape[-2:])
+    return torch.cat([full_precision(logits).softmax(dim=1), condition], dim=1)
 
 
 @register_method

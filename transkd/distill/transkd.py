@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.layers import OverlapPatchEmbed, init_transformer_weights
 from .base import DistillContext, DistillMethod, NetworkInfo
-from .losses import hcl_loss
+from .losses import full_precision, hcl_loss
 from .registry import register_method
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ class TransKDMethod(DistillMethod):
                     raise ValueError(f"stage {stage} embedding of the student {tuple(aligned.shape)} "
                                      f"does not match the teacher's {tuple(target.shape)}")
                 weight = self.options.embed_weights[stage - 1]
-                terms[f"embed_{stage}"] = weight * F.mse_loss(aligned.float(), target.float())
+                terms[f"embed_{stage}"] = weight * F.mse_loss(full_precision(aligned), full_precision(target))
         return terms
 
 
