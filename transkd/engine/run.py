@@ -254,6 +254,9 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> Run
 
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult:
     config, env = plan.config, plan.env
+    # Every rank checked the output folder while planning; none may see rank 0's first writes
+    # there as "a folder that already holds a run" (a race on a loaded machine).
+    barrier(env)
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
