@@ -29,7 +29,7 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
 
 
 def test_setting_iterations_replaces_epochs():
-    config = load_config(None, ["train.iterations=50", "schedule.kind=standard"])
+    config = load_config(None, ["train.iterations=50", "schedule.kind=standard", "schedule.warmup_iters=5"])
     assert config.train.epochs is None and config.train.iterations == 50
     config = load_config(None, ["train.iterations=50", "train.epochs=3"])
     assert config.train.epochs == 3 and config.train.iterations is None
