@@ -148,3 +148,22 @@ def test_every_preset_loads_and_validates(path):
         assert config.teacher.weights is not None
     else:
         assert path.stem.split("_")[1] == student
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match=r"^config key 'schedule.warmup_iters' \(1500\) is not shorter than "
+                                          r"the run \(6 optimiser steps\).*--set schedule.warmup_iters=0"):
+        load_config(None, ["train.iterations=6", "schedule.kind=standard"])
+    load_config(None, ["train.iterations=6", "schedule.kind=standard", "schedule.warmup_iters=5"])
+    load_config(None, ["train.iterations=6", "schedule.kind=constant"])
+
+
+def test_schedule_errors_suggest_the_fix():
+    with pytest.raises(ConfigError, match=r"needs train.epochs .*, or use --set schedule.kind=standard$"):
+        load_config(None, ["train.iterations=10"])
+
+
+def test_interval_units_follow_the_training_length():
+    assert load_config().train.interval_unit == "epochs"
+    config = load_config(None, ["train.iterations=100", "schedule.kind=constant"])
+    assert config.train.interval_unit == "iterations"

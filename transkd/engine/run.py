@@ -181,8 +181,13 @@ def training_plan(config: Config, total_steps: int, steps_per_epoch: int) -> str
     lr = f"lr {schedule.kind}"
     if schedule.kind == "standard" and schedule.warmup_iters:
         lr += f" with {schedule.warmup_iters} warm-up iterations"
-    return (f"plan: {length}; {lr}; validation every {train.val_interval} {unit}, checkpoint every "
-            f"{train.checkpoint_interval} {unit}, log every {train.log_interval} steps")
+    return (f"plan: {length}; {lr}; validation {_every(train.val_interval, unit)}, checkpoint "
+            f"{_every(train.checkpoint_interval, unit)}, log {_every(train.log_interval, 'steps')}")
+
+
+def _every(count: int, unit: str) -> str:
+    """``every epoch``, ``every 500 iterations``."""
+    return f"every {unit.removesuffix('s')}" if count == 1 else f"every {count} {unit}"
 
 
 class StartGuard:
