@@ -150,12 +150,10 @@ def test_every_preset_loads_and_validates(path):
         assert path.stem.split("_")[1] == student
 
 
-def test_a_warm_up_as_long_as_the_run_is_refused_with_the_fix():
-    with pytest.raises(ConfigError, match=r"^config key 'schedule.warmup_iters' \(1500\) is not shorter than "
-                                          r"the run \(6 optimiser steps\).*--set schedule.warmup_iters=0"):
-        load_config(None, ["train.iterations=6", "schedule.kind=standard"])
-    load_config(None, ["train.iterations=6", "schedule.kind=standard", "schedule.warmup_iters=5"])
-    load_config(None, ["train.iterations=6", "schedule.kind=constant"])
+def test_a_warm_up_as_long_as_the_run_still_loads():
+    """Refused when a run starts (see the trainer tests), so an old run folder still loads."""
+    config = load_config(None, ["train.iterations=6", "schedule.kind=standard"])
+    assert config.schedule.warmup_iters == 1500
 
 
 def test_schedule_errors_suggest_the_fix():

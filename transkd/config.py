@@ -104,7 +104,9 @@ class ScheduleConfig:
     min_lr_ratio: float = 0.0
 
     def check_length(self, total_steps: int) -> None:
-        """Refuse a warm-up that fills the whole run: the rate would never reach ``optim.lr``."""
+        """Refuse a warm-up that fills the whole run: the rate would never reach ``optim.lr``.
+
+        Checked when a run starts, not when a config loads, so old run folders still load."""
         if self.kind != "standard" or self.warmup_iters < total_steps:
             return
         suggestion = max(0, total_steps // 10)
@@ -404,8 +406,6 @@ def _check_schedule(config: Config) -> None:
     _require(schedule.kind != "paper" or train.epochs is not None, "schedule.kind",
              "'paper' steps once per epoch, so it needs train.epochs (not train.iterations), "
              "or use --set schedule.kind=standard")
-    if train.iterations is not None:
-        schedule.check_length(train.iterations)
 
 
 def _check_train(train: TrainConfig) -> None:

@@ -225,6 +225,17 @@ def test_read_metrics_keeps_the_resumed_record_of_a_repeated_step(tmp_path):
         ("train", 3, 0.5), ("train", 4, 0.5), ("val", 4, 0.2)]
 
 
+def test_a_run_shorter_than_its_warm_up_is_refused_with_the_fix(tmp_path):
+    config = tiny_config(tmp_path, "train.iterations=6", "schedule.kind=standard")
+    refusal = (r"^config key 'schedule.warmup_iters' \(1500\) is not shorter than the run "
+               r"\(6 optimiser steps\).*--set schedule.warmup_iters=0")
+    with pytest.raises(ConfigError, match=refusal):
+        plan_run(config)
+    plan_run(tiny_config(tmp_path, "train.iterations=6", "schedule.kind=standard", "schedule.warmup_iters=5"))
+    plan_run(tiny_config(tmp_path, "train.iterations=6", "schedule.kind=constant"))
+    assert not (tmp_path / "run").exists()
+
+
 def test_an_epoch_run_shorter_than_its_warm_up_is_refused_before_training(tmp_path):
     config = tiny_config(tmp_path, "schedule.kind=standard", "schedule.warmup_iters=8")
     with pytest.raises(ConfigError, match=r"'schedule.warmup_iters' \(8\) is not shorter than the run "

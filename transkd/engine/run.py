@@ -93,6 +93,8 @@ def check_output_dir(path: Path, resuming: bool) -> None:
 
 def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = None) -> RunPlan:
     """Check every input of a run and return the plan; raises one-sentence errors."""
+    if config.train.iterations is not None:
+        config.schedule.check_length(config.train.iterations)
     device = build.resolve_device(config.train.device)
     env = env or init_distributed(device.type)
     if env.enabled and device.type == "cuda":
