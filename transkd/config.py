@@ -5,7 +5,8 @@ A config has ten sections (``model``, ``teacher``, ``data``, ``protocol``, ``dis
 file names only what differs. ``--set optim.lr=1e-4`` overrides one key, the value read as a
 YAML scalar (``true``, ``null``, ``[512, 1024]``). :func:`load_config` rejects unknown keys,
 wrong types and out-of-range values with a one-sentence :class:`ConfigError` naming the dotted
-key, before any data is read or any file is written.
+key, before any data is read or any file is written. Names and types are checked by the one
+converter every option goes through (:mod:`transkd.options`); ranges and combinations here.
 """
 
 from __future__ import annotations

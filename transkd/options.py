@@ -35,7 +35,7 @@ from .errors import ConfigError
 
 T = TypeVar("T")
 
-_SETTINGS = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False, arbitrary_types_allowed=True)
+_SETTINGS = pydantic.ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,8 @@ def unknown_key(key: str, names: list[str], keys: Keys) -> ConfigError:
     if close:
         hint = f"; did you mean {keys.prefix + close[0]!r}?"
     else:
-        hint = f"; keys of {keys.prefix.rstrip('.') or 'it'}: {', '.join(names) or '(none)'}"
+        where, listing = keys.prefix.rstrip("."), ", ".join(names) or "(none)"
+        hint = f"; keys of {where}: {listing}" if where else f"; known {keys.noun}s: {listing}"
     return ConfigError(f"unknown {keys.name(key)}{hint}")
 
 
@@ -147,10 +148,6 @@ def _field_names(schema: Any) -> list[str]:
         else []
 
 
-def _hints(schema: type) -> dict[str, Any]:
-    return typing.get_type_hints(schema)
-
-
 def _unwrap(hint: Any) -> Any:
     """``X | None`` → ``X``; other hints unchanged."""
     if typing.get_origin(hint) in (typing.Union, types.UnionType):
@@ -169,7 +166,7 @@ def _resolve(schema: type, data: Any, loc: tuple) -> tuple[str, Any, Any]:
         origin, args = typing.get_origin(inner), typing.get_args(inner)
         if dataclasses.is_dataclass(inner) and isinstance(value, Mapping) and part in value \
                 and part in _field_names(inner):
-            hint, value = _hints(inner)[part], value[part]
+            hint, value = typing.get_type_hints(inner)[part], value[part]
             path = f"{path}.{part}" if path else str(part)
         elif origin is dict and isinstance(value, Mapping) and part in value:
             hint, value = (args[1] if len(args) == 2 else Any), value[part]
@@ -192,6 +189,9 @@ def _sentence(error: Mapping[str, Any], schema: type, data: Any, keys: Keys) -> 
         parent = keys.child(path) if path else keys
         return unknown_key(str(loc[-1]), _field_names(_unwrap(hint)), parent)
     path, hint, value = _resolve(schema, data, loc)
+    if error["type"] == "value_error":  # raised by a dataclass's own __post_init__
+        return range_error(str(error["ctx"]["error"]), _field_names(_unwrap(hint)), keys.child(path)
+                           if path else keys)
     if error["type"] == "finite_number":
         return ConfigError(f"{keys.name(path)} must be a finite number, got {value!r}")
     if error["type"] == "missing" and not path:
