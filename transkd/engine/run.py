@@ -178,8 +178,8 @@ def training_plan(config: Config, total_steps: int, steps_per_epoch: int) -> str
     """One line naming the run's length and the unit its intervals count, for the training log."""
     train, schedule = config.train, config.schedule
     unit = train.interval_unit
-    length = (f"{train.epochs} epochs of {steps_per_epoch} steps ({total_steps} steps)"
-              if unit == "epochs" else f"{total_steps} iterations")
+    length = (f"{_count(train.epochs, 'epochs')} of {_count(steps_per_epoch, 'steps')} "
+              f"({_count(total_steps, 'steps')})" if unit == "epochs" else _count(total_steps, "iterations"))
     lr = f"lr {schedule.kind}"
     if schedule.kind == "standard" and schedule.warmup_iters:
         lr += f" with {schedule.warmup_iters} warm-up iterations"
@@ -190,6 +190,11 @@ def training_plan(config: Config, total_steps: int, steps_per_epoch: int) -> str
 def _every(count: int, unit: str) -> str:
     """``every epoch``, ``every 500 iterations``."""
     return f"every {unit.removesuffix('s')}" if count == 1 else f"every {count} {unit}"
+
+
+def _count(count: int, unit: str) -> str:
+    """``1 epoch``, ``40 epochs``."""
+    return f"1 {unit.removesuffix('s')}" if count == 1 else f"{count} {unit}"
 
 
 class StartGuard:
