@@ -29,7 +29,7 @@ def test_yaml_file_and_dotted_overrides(tmp_path):
 
 
 def test_setting_iterations_replaces_epochs():
-    config = load_config(None, ["train.iterations=50", "schedule.kind=standard"])
+    config = load_config(None, ["train.iterations=50", "schedule.kind=standard", "schedule.warmup_iters=5"])
     assert config.train.epochs is None and config.train.iterations == 50
     config = load_config(None, ["train.iterations=50", "train.epochs=3"])
     assert config.train.epochs == 3 and config.train.iterations is None
@@ -148,3 +148,20 @@ def test_every_preset_loads_and_validates(path):
         assert config.teacher.weights is not None
     else:
         assert path.stem.split("_")[1] == student
+
+
+def test_a_warm_up_as_long_as_the_run_still_loads():
+    """Refused when a run starts (see the trainer tests), so an old run folder still loads."""
+    config = load_config(None, ["train.iterations=6", "schedule.kind=standard"])
+    assert config.schedule.warmup_iters == 1500
+
+
+def test_schedule_errors_suggest_the_fix():
+    with pytest.raises(ConfigError, match=r"needs train.epochs .*, or use --set schedule.kind=standard$"):
+        load_config(None, ["train.iterations=10"])
+
+
+def test_interval_units_follow_the_training_length():
+    assert load_config().train.interval_unit == "epochs"
+    config = load_config(None, ["train.iterations=100", "schedule.kind=constant"])
+    assert config.train.interval_unit == "iterations"

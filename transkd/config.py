@@ -5,18 +5,15 @@ A config has ten sections (``model``, ``teacher``, ``data``, ``protocol``, ``dis
 file names only what differs. ``--set optim.lr=1e-4`` overrides one key, the value read as a
 YAML scalar (``true``, ``null``, ``[512, 1024]``). :func:`load_config` rejects unknown keys,
 wrong types and out-of-range values with a one-sentence :class:`ConfigError` naming the dotted
-key, before any data is read or any file is written.
+key, before any data is read or any file is written. Names and types are checked by the one
+converter every option goes through (:mod:`transkd.options`); ranges and combinations here.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import difflib
-import math
 import re
-import types
-import typing
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,9 +21,12 @@ from typing import Any, Literal
 
 import yaml
 
+from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
+from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
 from .engine.evaluate import InferenceOptions
 from .errors import ConfigError
+from .options import Keys, check_ranges, convert
 
 Precision = Literal["fp32", "bf16", "fp16"]
 
@@ -104,6 +104,18 @@ class ScheduleConfig:
     #: Final learning rate as a fraction of ``optim.lr``.
     min_lr_ratio: float = 0.0
 
+    def check_length(self, total_steps: int) -> None:
+        """Refuse a warm-up that fills the whole run: the rate would never reach ``optim.lr``.
+
+        Checked when a run starts, not when a config loads, so old run folders still load."""
+        if self.kind != "standard" or self.warmup_iters < total_steps:
+            return
+        suggestion = max(0, total_steps // 10)
+        raise ConfigError(f"config key 'schedule.warmup_iters' ({self.warmup_iters}) is not shorter "
+                          f"than the run ({total_steps} optimiser steps), so the learning rate would "
+                          f"still be warming up when training ends; use --set "
+                          f"schedule.warmup_iters={suggestion} (any value below {total_steps})")
+
 
 @dataclass
 class TrainConfig:
@@ -138,6 +150,11 @@ class TrainConfig:
     find_unused_parameters: bool = False
     #: Write TensorBoard event files next to metrics.jsonl.
     tensorboard: bool = True
+
+    @property
+    def interval_unit(self) -> str:
+        """What ``val_interval`` and ``checkpoint_interval`` count: ``epochs`` or ``iterations``."""
+        return "epochs" if self.epochs is not None else "iterations"
 
 
 @dataclass
@@ -178,8 +195,8 @@ class Config:
 
     @property
     def method_names(self) -> list[str]:
-        names = [n.strip() for n in self.distill.method.split("+") if n.strip()]
-        return [] if names == ["none"] else names
+        """The methods of ``distill.method`` (``[]`` for ``none``)."""
+        return parse_method(self.distill.method)
 
     def schedule_horizon(self) -> int | None:
         """The decay horizon: ``schedule.horizon``, else the protocol's paper horizon."""
@@ -287,133 +304,11 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     train = data.get("train")
     if isinstance(train, Mapping) and train.get("iterations") is not None and "epochs" not in train:
         data = merge(data, {"train": {"epochs": None}})  # iterations replace the default epochs
-    config = build_dataclass(Config, data, prefix="")
+    sections = {f.name for f in dataclasses.fields(Config)}
+    data = {k: v for k, v in data.items() if not (k in sections and v is None)}  # an empty section
+    config = convert(Config, data, Keys())
     validate(config)
     return config
-
-
-# --------------------------------------------------------------------------- typed conversion
-
-def build_dataclass(schema: type, data: Any, prefix: str):
-    """``schema(**data)`` with every field converted to its annotated type."""
-    where = prefix.rstrip(".") or "the config"
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config key {where!r} must be a section (a mapping), got {data!r}")
-    hints = typing.get_type_hints(schema)
-    names = [f.name for f in dataclasses.fields(schema) if f.init]
-    for key in data:
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean {prefix + close[0]!r}?" if close else \
-                f"; keys of {where}: {', '.join(names)}"
-            raise ConfigError(f"unknown config key {prefix + str(key)!r}{hint}")
-    values = {key: convert(value, hints[key], prefix + key) for key, value in data.items()}
-    return schema(**values)
-
-
-def convert(value: Any, hint: Any, key: str) -> Any:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is Any:
-        return value
-    if dataclasses.is_dataclass(hint):
-        return build_dataclass(hint, {} if value is None else value, key + ".")
-    if origin in (typing.Union, types.UnionType):
-        options = [a for a in args if a is not type(None)]
-        if value is None:
-            if type(None) in args:
-                return None
-            raise _type_error(key, hint, value)
-        for option in options:
-            try:
-                return convert(value, option, key)
-            except ConfigError:
-                continue
-        raise _type_error(key, hint, value)
-    if origin is Literal:
-        if value in args and type(value) in {type(a) for a in args}:
-            return value
-        raise _type_error(key, hint, value)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise _type_error(key, hint, value)
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _type_error(key, hint, value)
-    if hint is float:
-        number = _as_float(value)
-        if number is None:
-            raise _type_error(key, hint, value)
-        return number
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise _type_error(key, hint, value)
-    if origin in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise _type_error(key, hint, value)
-        if origin is tuple and not (len(args) == 2 and args[1] is Ellipsis):
-            if len(value) != len(args):
-                raise _type_error(key, hint, value)
-            items = [convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args))]
-        else:
-            element = args[0] if args else Any
-            items = [convert(v, element, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _type_error(key, hint, value)
-        if any(not isinstance(k, str) for k in value):
-            raise ConfigError(f"config key {key!r} must have string keys, got {dict(value)!r}")
-        element = args[1] if len(args) == 2 else Any
-        return {k: convert(v, element, f"{key}.{k}") for k, v in value.items()}
-    raise ConfigError(f"config key {key!r} has an unsupported type {hint!r}")
-
-
-def _as_float(value: Any) -> float | None:
-    """Numbers, and strings YAML 1.1 leaves unparsed such as ``6e-5``; finite only."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            return None
-    else:
-        return None
-    return number if math.isfinite(number) else None
-
-
-def describe(hint: Any) -> str:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        parts = [describe(a) for a in args if a is not type(None)]
-        text = " or ".join(parts)
-        return text + " or null" if type(None) in args else text
-    if origin is Literal:
-        return "one of " + ", ".join(str(a) for a in args)
-    if origin is tuple:
-        if len(args) == 2 and args[1] is Ellipsis:
-            return f"a list of {_plural(describe(args[0]))}"
-        return f"a list of {len(args)} {_plural(describe(args[0]))}" if args else "a list"
-    if origin is list:
-        return f"a list of {_plural(describe(args[0]))}" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    return {bool: "true or false", int: "an integer", float: "a finite number",
-            str: "a string"}.get(hint, getattr(hint, "__name__", str(hint)))
-
-
-def _plural(text: str) -> str:
-    return {"an integer": "integers", "a finite number": "numbers", "a string": "strings",
-            "true or false": "booleans"}.get(text, text)
-
-
-def _type_error(key: str, hint: Any, value: Any) -> ConfigError:
-    return ConfigError(f"config key {key!r} must be {describe(hint)}, got {value!r}")
 
 
 class _ConfigDumper(yaml.SafeDumper):
@@ -445,7 +340,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(config: Config) -> Config:
     """Ranges and cross-field rules; each failure names the dotted key."""
-    from .distill import get_method
     from .models import get_entry
 
     for key, name in (("model.name", config.model.name), ("teacher.name", config.teacher.name)):
@@ -454,8 +348,28 @@ def validate(config: Config) -> Config:
             _require(entry.kind == "segmentor", key,
                      f"must name a segmentation model, but {name!r} is an encoder")
     _check_model_options(config.model.name, config.model.options)
+    _check_optim(config.optim)
+    _check_schedule(config)
+    _check_train(config.train)
+    _require(config.eval.batch_size >= 1, "eval.batch_size",
+             f"must be a positive integer, got {config.eval.batch_size}")
+    check_ranges(config.eval, Keys("eval."))
+    config.protocol.validate(Keys("protocol."))
+    _require(config.distill.ce_weight >= 0, "distill.ce_weight",
+             f"must be non-negative, got {config.distill.ce_weight}")
+    try:
+        method_classes(config.distill.method)
+    except ConfigError as exc:
+        raise ConfigError(f"config key 'distill.method': {exc}") from None
+    parse_method_options(config.distill.method, config.distill.options, Keys("distill.options."))
+    if needs_teacher(config.distill.method):
+        _require(config.teacher.weights is not None, "teacher.weights",
+                 f"must name the teacher's .safetensors file for method {config.distill.method!r}")
+    _check_data(config.data)
+    return config
 
-    train, optim, schedule = config.train, config.optim, config.schedule
+
+def _check_optim(optim: OptimConfig) -> None:
     _require(optim.lr > 0, "optim.lr", f"must be positive, got {optim.lr}")
     _require(optim.lr <= 1, "optim.lr", f"must be at most 1 (AdamW steps each weight by about lr), "
              f"got {optim.lr}")
@@ -467,6 +381,9 @@ def validate(config: Config) -> Config:
     _require(optim.grad_clip_norm is None or optim.grad_clip_norm > 0, "optim.grad_clip_norm",
              f"must be positive or null, got {optim.grad_clip_norm}")
 
+
+def _check_schedule(config: Config) -> None:
+    schedule, train = config.schedule, config.train
     _require(schedule.power > 0, "schedule.power", f"must be positive, got {schedule.power}")
     _require(schedule.horizon is None or schedule.horizon > 0, "schedule.horizon",
              f"must be a positive integer or null, got {schedule.horizon}")
@@ -481,7 +398,6 @@ def validate(config: Config) -> Config:
              or schedule.horizon == horizon_from_protocol, "schedule.horizon",
              f"({schedule.horizon}) contradicts protocol.poly_horizon_epochs "
              f"({horizon_from_protocol}); set one of them")
-
     _require((train.epochs is None) != (train.iterations is None), "train.epochs",
              "and 'train.iterations' are exclusive: set exactly one (e.g. --set train.epochs=null "
              "--set train.iterations=2000)")
@@ -489,7 +405,11 @@ def validate(config: Config) -> Config:
         value = getattr(train, key)
         _require(value is None or value > 0, f"train.{key}", f"must be positive, got {value}")
     _require(schedule.kind != "paper" or train.epochs is not None, "schedule.kind",
-             "'paper' steps once per epoch, so it needs train.epochs (not train.iterations)")
+             "'paper' steps once per epoch, so it needs train.epochs (not train.iterations), "
+             "or use --set schedule.kind=standard")
+
+
+def _check_train(train: TrainConfig) -> None:
     for key in ("batch_size", "grad_accum", "val_interval", "checkpoint_interval", "log_interval"):
         value = getattr(train, key)
         _require(value >= 1, f"train.{key}", f"must be a positive integer, got {value}")
@@ -499,38 +419,12 @@ def validate(config: Config) -> Config:
     _require(train.device == "auto" or train.device == "cpu" or train.device.startswith("cuda"),
              "train.device", f"must be auto, cpu, cuda or cuda:N, got {train.device!r}")
 
-    _require(config.eval.batch_size >= 1, "eval.batch_size",
-             f"must be a positive integer, got {config.eval.batch_size}")
-    try:
-        config.eval.validate()
-    except ValueError as exc:
-        raise ConfigError(str(exc).replace("inference option '", "config key 'eval.")) from None
-    try:
-        config.protocol.validate()
-    except ValueError as exc:
-        raise ConfigError(str(exc).replace("protocol option '", "config key 'protocol.")) from None
 
-    _require(config.distill.ce_weight >= 0, "distill.ce_weight",
-             f"must be non-negative, got {config.distill.ce_weight}")
-    names = config.method_names
-    _require(len(set(names)) == len(names), "distill.method",
-             f"names a method twice: {config.distill.method!r}")
-    classes = []
-    for name in names:
-        try:
-            classes.append(get_method(name))
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'distill.method': {exc}") from None
-    _check_method_options(config, classes)
-    if any(cls.uses_teacher for cls in classes):
-        _require(config.teacher.weights is not None, "teacher.weights",
-                 f"must name the teacher's .safetensors file for method {config.distill.method!r}")
-
-    from .data import list_datasets
-
-    _require(config.data.name in list_datasets(), "data.name",
-             f"must be one of {', '.join(list_datasets())}, got {config.data.name!r}")
-    return config
+def _check_data(data: DataConfig) -> None:
+    _require(data.name in list_datasets(), "data.name",
+             f"must be one of {', '.join(list_datasets())}, got {data.name!r}")
+    for key in ("options", "val_options"):
+        check_dataset_options(data.name, getattr(data, key), Keys(f"data.{key}."))
 
 
 def _known_model(name: str, key: str, get_entry):
@@ -551,32 +445,3 @@ def _check_model_options(name: str, options: dict[str, Any]) -> None:
     except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"config key 'model.options' does not fit {name!r}: "
                           f"{str(exc).splitlines()[0]}") from None
-
-
-def _check_method_options(config: Config, classes: list) -> None:
-    options = config.distill.options
-    if not classes:
-        _require(not options, "distill.options",
-                 f"must be empty for method 'none', got {sorted(options)}")
-        return
-    if len(classes) == 1:
-        per_method = {classes[0].name: options}
-    else:
-        extra = sorted(set(options) - {c.name for c in classes})
-        _require(not extra, "distill.options",
-                 f"must hold one mapping per method ({', '.join(c.name for c in classes)}); "
-                 f"unexpected {extra}")
-        per_method = options
-    for cls in classes:
-        values = per_method.get(cls.name, {})
-        _require(isinstance(values, Mapping), f"distill.options.{cls.name}",
-                 f"must be a mapping, got {values!r}")
-        try:
-            cls.parse_options(dict(values))
-        except ConfigError as exc:
-            raise ConfigError(f"config key 'distill.options': {exc}") from None
-
-
-def distiller_options(config: Config) -> dict[str, Any]:
-    """Keyword options for :func:`transkd.distill.create_distiller`."""
-    return dict(config.distill.options)

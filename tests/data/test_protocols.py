@@ -6,11 +6,14 @@ import torch
 
 from transkd.data.protocols import (
     ERFNET_CITYSCAPES_WEIGHTS,
+    Protocol,
     ProtocolOptions,
     TransformedDataset,
     build_transform,
     class_weights,
+    list_protocols,
     median_frequency_weights,
+    register_protocol,
 )
 from transkd.errors import ConfigError
 
@@ -244,3 +247,49 @@ def test_transformed_dataset_in_dataloader_with_workers_matches():
     loader = torch.utils.data.DataLoader(ds, batch_size=2, num_workers=2)
     batched = torch.cat([b["image"] for b in loader])
     assert torch.equal(batched, torch.stack(single))
+
+
+def test_each_protocol_owns_its_resize_words_and_outputs():
+    paper = ProtocolOptions(image_size=(64, 128), void_as_extra_class=True).protocol()
+    assert paper.eval_resize() == {"size": [64, 128]} and paper.fixed_input_size() == (64, 128)
+    assert paper.words() == {"protocol": "paper", "input_size": "64x128 (HxW)",
+                             "metric_resolution": "0.25 of the input resolution"}
+    assert paper.num_outputs(19) == 20 and paper.default_class_weights("cityscapes", 19) == "erfnet"
+    standard = ProtocolOptions(name="standard", scale=(80, 40)).protocol()
+    assert standard.eval_resize() == {"scale": [80, 40]} and standard.fixed_input_size() is None
+    assert standard.words()["input_size"] == "keep-ratio resize to 80x40 (long x short)"
+    assert standard.default_class_weights("cityscapes", 19) == "none"
+    assert list_protocols() == ["paper", "standard"]
+
+
+def test_a_new_protocol_is_one_class(monkeypatch):
+    from transkd.config import load_config
+    from transkd.data.protocols import base
+
+    monkeypatch.setattr(base, "_PROTOCOLS", dict(base._PROTOCOLS))
+
+    @register_protocol
+    class WholeImage(Protocol):
+        name = "whole"
+        description = "no resize, no augmentation"
+
+        def train_steps(self) -> list:
+            return [self.normalize()]
+
+        eval_steps = train_steps
+
+        def eval_resize(self):
+            return None
+
+        def input_size_words(self) -> str:
+            return "original size"
+
+        def metric_resolution_words(self) -> str:
+            return "full label resolution"
+
+    config = load_config(None, ["protocol.name=whole"])
+    assert isinstance(config.protocol.protocol(), WholeImage)
+    image, label = _image_label(32, 48)
+    transform = build_transform(config.protocol, train=True)
+    out_image, out_label = transform(image, label, np.random.default_rng(0))
+    assert out_image.shape == (3, 32, 48) and out_label.shape == (32, 48)

@@ -90,7 +90,7 @@ def test_both_terms_and_zero_when_student_equals_teacher():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"on": "pixels"}, "on must be one of"),
+    ({"on": "pixels"}, "'on' for method 'cwd' must be one of"),
     ({"tau": 0}, "tau"),
     ({"loss_weight": -3}, "loss_weight"),
     ({"feature_weight": float("inf")}, "feature_weight"),

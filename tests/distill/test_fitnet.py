@@ -52,7 +52,7 @@ def test_term_matches_mse_and_gradients_reach_regressors_and_guided_stages():
     ({"stages": [0]}, "counts stages from 1"),
     ({"stages": [4, 4]}, "twice"),
     ({"stages": [5]}, "beyond"),
-    ({"stages": 4}, "list of values"),
+    ({"stages": 4}, "must be a list of integers, got 4"),
     ({"loss_weight": -1}, "loss_weight"),
 ])
 def test_invalid_options_are_rejected(options, message):

@@ -154,7 +154,8 @@ SHORT = [arg.replace(f"train.iterations={STEPS}", "train.iterations=4") for arg 
 
 def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     run_dir = tmp_path / "run"
-    short = [a.replace("train.iterations=4", "train.iterations=3") for a in SHORT]
+    four = [a.replace("schedule.warmup_iters=3", "schedule.warmup_iters=2") for a in SHORT]
+    short = [a.replace("train.iterations=4", "train.iterations=3") for a in four]  # warm-up < run
     run_in_process("train", short, run_dir)
     checkpoints = run_dir / "checkpoints"
     last, previous = checkpoints / "last.pt", checkpoints / "previous.pt"
@@ -167,7 +168,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     (checkpoints / ".last.pt.k1ll3d.tmp").write_bytes(data[:1000])  # a write cut off by the crash
     capsys.readouterr()
 
-    run_in_process("train", SHORT, run_dir, "--resume", "auto")
+    run_in_process("train", four, run_dir, "--resume", "auto")
     out = capsys.readouterr().out
     assert f"{last} is damaged" in out and f"resuming from {previous}" in out
     records = read_metrics(run_dir / "metrics.jsonl")  # every line is a complete record again

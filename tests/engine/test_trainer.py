@@ -223,3 +223,34 @@ def test_read_metrics_keeps_the_resumed_record_of_a_repeated_step(tmp_path):
     assert [(r["kind"], r["step"], r.get("loss", r.get("miou", r.get("event")))) for r in records] == [
         ("train", 2, 1.0), ("event", 2, "resumed"), ("event", 2, "note"),
         ("train", 3, 0.5), ("train", 4, 0.5), ("val", 4, 0.2)]
+
+
+def test_a_run_shorter_than_its_warm_up_is_refused_with_the_fix(tmp_path):
+    config = tiny_config(tmp_path, "train.iterations=6", "schedule.kind=standard")
+    refusal = (r"^config key 'schedule.warmup_iters' \(1500\) is not shorter than the run "
+               r"\(6 optimiser steps\).*--set schedule.warmup_iters=0")
+    with pytest.raises(ConfigError, match=refusal):
+        plan_run(config)
+    plan_run(tiny_config(tmp_path, "train.iterations=6", "schedule.kind=standard", "schedule.warmup_iters=5"))
+    plan_run(tiny_config(tmp_path, "train.iterations=6", "schedule.kind=constant"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_epoch_run_shorter_than_its_warm_up_is_refused_before_training(tmp_path):
+    config = tiny_config(tmp_path, "schedule.kind=standard", "schedule.warmup_iters=8")
+    with pytest.raises(ConfigError, match=r"'schedule.warmup_iters' \(8\) is not shorter than the run "
+                                          r"\(8 optimiser steps\).*--set schedule.warmup_iters=0"):
+        run_module.run(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_training_plan_names_interval_units(tmp_path):
+    lines = []
+    execute(plan_run(tiny_config(tmp_path, "train.val_interval=2")), announce=lines.append)
+    assert lines[0] == ("plan: 2 epochs of 4 steps (8 steps); lr paper; validation every 2 epochs, "
+                        "checkpoint every epoch, log every step")
+    by_steps = run_module.training_plan(
+        load_config(None, ["train.iterations=600", "schedule.kind=standard", "schedule.warmup_iters=60",
+                           "train.val_interval=500"]), 600, 4)
+    assert by_steps == ("plan: 600 iterations; lr standard with 60 warm-up iterations; validation every "
+                        "500 iterations, checkpoint every iteration, log every 10 steps")

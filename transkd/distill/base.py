@@ -9,9 +9,8 @@ e.g. ``transkd_base+kd``). The deployable student stays a plain model: ``distill
 from __future__ import annotations
 
 import abc
-import dataclasses
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
 from ..models.segmentor import SegmentationOutput
+from ..options import Keys, convert
 from .losses import full_precision
 
 
@@ -80,62 +79,10 @@ class DistillMethod(nn.Module):
         """Weighted scalar loss terms of this method for one batch."""
 
     @classmethod
-    def parse_options(cls, options: dict[str, Any]) -> Options:
+    def parse_options(cls, options: Mapping[str, Any], keys: Keys | None = None) -> Options:
         """Check names, types and ranges of user options against the method's ``Options``."""
-        return parse_dataclass(cls.Options, options, owner=f"method {cls.name!r}")
-
-
-def parse_dataclass(schema: type, values: dict[str, Any], owner: str):
-    """Build ``schema(**values)`` with a one-sentence error for an unknown or mistyped field."""
-    fields = {f.name: f for f in dataclasses.fields(schema)}
-    unknown = sorted(set(values) - set(fields))
-    if unknown:
-        raise ConfigError(f"unknown option {unknown[0]!r} for {owner}; "
-                          f"options: {', '.join(sorted(fields)) or '(none)'}")
-    clean = {}
-    defaults = schema()
-    for key, value in values.items():
-        default = getattr(defaults, key)
-        # ``tuple[int, ...]`` accepts any length; a tuple typed element by element is fixed.
-        any_length = "..." in str(fields[key].type)
-        clean[key] = _coerce(value, default, f"{owner} option {key!r}", any_length)
-    obj = schema(**clean)
-    check = getattr(obj, "validate", None)
-    if check is not None:
-        try:
-            check()
-        except ValueError as exc:
-            raise ConfigError(f"{owner}: {exc}") from None
-    return obj
-
-
-def _coerce(value: Any, default: Any, label: str, any_length: bool = False) -> Any:
-    """Accept ``value`` if it has the type of ``default`` (ints for floats, lists for tuples);
-    tuples must keep the default's length unless ``any_length``."""
-    if isinstance(default, bool):
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{label} must be true or false, got {value!r}")
-    if isinstance(default, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{label} must be a number, got {value!r}")
-    if isinstance(default, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{label} must be an integer, got {value!r}")
-    if isinstance(default, str):
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{label} must be a string, got {value!r}")
-    if isinstance(default, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{label} must be a list of values, got {value!r}")
-        if not any_length and default and len(value) != len(default):
-            raise ConfigError(f"{label} must be a list of {len(default)} values, got {value!r}")
-        sample = default[0] if default else value[0] if value else 0.0
-        return tuple(_coerce(v, sample, label) for v in value)
-    return value
+        keys = keys or Keys(noun="option", owner=f" for method {cls.name!r}")
+        return convert(cls.Options, options, keys)
 
 
 def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = 255,

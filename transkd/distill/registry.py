@@ -1,15 +1,21 @@
-"""Method names → classes, and ``create_distiller`` that assembles a Distiller from names."""
+"""Method names → classes; the one reading of a method string (``a+b``), of whether it needs a
+teacher and of its options; ``create_distiller`` that assembles a Distiller from them."""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 from torch import nn
 
 from ..errors import ConfigError
+from ..options import Keys
 from .base import Distiller, DistillMethod, NetworkInfo
 
 _METHODS: dict[str, type[DistillMethod]] = {}
+#: How errors name method options outside a config file.
+OPTION_KEYS = Keys(noun="option")
 
 
 def register_method(cls: type[DistillMethod]) -> type[DistillMethod]:
@@ -33,6 +39,56 @@ def get_method(name: str) -> type[DistillMethod]:
                           f"{', '.join(list_methods())}") from None
 
 
+def parse_method(method: str) -> list[str]:
+    """``"transkd_base+kd"`` → ``["transkd_base", "kd"]``; ``"none"`` (or nothing) → ``[]``."""
+    names = [n.strip() for n in method.split("+") if n.strip()] if method else []
+    if names == ["none"]:
+        return []
+    if len(set(names)) != len(names):
+        raise ConfigError(f"method {method!r} names a method twice")
+    return names
+
+
+def method_classes(method: str) -> list[type[DistillMethod]]:
+    """The registered class of every method of ``method``."""
+    return [get_method(name) for name in parse_method(method)]
+
+
+def needs_teacher(method: str) -> bool:
+    """Whether any method of ``method`` reads the teacher (``none`` never does)."""
+    return any(cls.uses_teacher for cls in method_classes(method))
+
+
+def parse_method_options(method: str, options: Mapping[str, Any],
+                         keys: Keys = OPTION_KEYS) -> dict[str, Any]:
+    """Each method's checked ``Options``, by name.
+
+    With one method its options may be given directly; with several, each method's options are a
+    mapping under its name (``{kd: {temperature: 4.0}}``), which one method may use as well.
+    """
+    classes = method_classes(method)
+    if not classes:
+        if options:
+            raise ConfigError(f"{keys.name('')} must be empty for method 'none', got {sorted(options)}")
+        return {}
+    names = [cls.name for cls in classes]
+    nested = {n for n in names if isinstance(options.get(n), Mapping)}
+    flat = {k: v for k, v in options.items() if k not in nested}
+    if flat and len(classes) > 1:
+        raise ConfigError(f"{keys.name('')} must hold one mapping per method ({', '.join(names)}); "
+                          f"unexpected {sorted(flat)}")
+    parsed = {}
+    for cls in classes:
+        if cls.name in nested:
+            values, method_keys = {**flat, **options[cls.name]}, keys.child(cls.name)
+        else:
+            values, method_keys = flat, keys
+        if keys.noun != "config key":
+            method_keys = dataclasses.replace(method_keys, owner=f" for method {cls.name!r}")
+        parsed[cls.name] = cls.parse_options(values, method_keys)
+    return parsed
+
+
 def create_distiller(method: str, teacher: nn.Module | None, student: nn.Module,
                      **options: Any) -> Distiller:
     """Build a Distiller for ``method`` (``"transkd_base"``, ``"kd"``, ``"transkd_base+kd"``,
@@ -43,31 +99,17 @@ def create_distiller(method: str, teacher: nn.Module | None, student: nn.Module,
     Options shared by the Distiller itself: ``criterion``, ``ce_weight``, ``ignore_index``.
     """
     shared = {k: options.pop(k) for k in ("criterion", "ce_weight", "ignore_index") if k in options}
-    names = [n.strip() for n in method.split("+") if n.strip()] if method else []
-    if names == ["none"]:
-        names = []
-    if len(set(names)) != len(names):
-        raise ConfigError(f"method {method!r} names a method twice")
-    classes = [get_method(n) for n in names]
-    per_method = {n: options.pop(n) for n in names if isinstance(options.get(n), dict)}
-    if options and len(names) != 1:
-        raise ConfigError(f"option(s) {sorted(options)} must be given per method for {method!r} "
-                          f"(e.g. {names[0] if names else 'kd'}={{...}})" if names else
-                          f"method 'none' takes no options, got {sorted(options)}")
-    if len(names) == 1:
-        per_method.setdefault(names[0], {}).update(options)
-
+    classes = method_classes(method)
+    parsed = parse_method_options(method, options)
     student_info = NetworkInfo.of(student)
-    needs_teacher = any(c.uses_teacher for c in classes)
     teacher_info = None
-    if needs_teacher:
+    if needs_teacher(method):
         if teacher is None:
             raise ConfigError(f"method {method!r} needs a teacher model")
         teacher_info = NetworkInfo.of(teacher)
         check_pair(teacher_info, student_info)
-    methods = [cls(student_info, teacher_info, cls.parse_options(per_method.get(cls.name, {})))
-               for cls in classes]
-    return Distiller(student, teacher if needs_teacher else None, methods, **shared)
+    methods = [cls(student_info, teacher_info, parsed[cls.name]) for cls in classes]
+    return Distiller(student, teacher if teacher_info is not None else None, methods, **shared)
 
 
 def check_pair(teacher: NetworkInfo, student: NetworkInfo) -> None:

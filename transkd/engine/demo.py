@@ -69,7 +69,7 @@ def demo_config(role: str, size: DemoSize, minutes: float, output: Path, seed: i
         "distill": {"method": method},
         # From scratch in a few hundred steps: a far larger rate than the paper's 6e-5 for 1000 epochs.
         "optim": {"lr": 1e-3 if role != "teacher" else 6e-4},
-        "schedule": {"kind": "standard", "warmup_iters": max(1, iterations // 10)},
+        "schedule": {"kind": "standard", "warmup_iters": iterations // 10},
         "train": {"iterations": iterations, "epochs": None, "batch_size": size.batch_size,
                   "num_workers": 0, "seed": seed, "val_interval": -(-iterations // validations),
                   "checkpoint_interval": iterations, "log_interval": max(1, iterations // 50)},

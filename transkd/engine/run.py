@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..data.protocols import ProtocolOptions
+from ..distill import needs_teacher
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model
 from ..weights.io import atomic_write, load_state_strict
@@ -91,6 +93,8 @@ def check_output_dir(path: Path, resuming: bool) -> None:
 
 def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = None) -> RunPlan:
     """Check every input of a run and return the plan; raises one-sentence errors."""
+    if config.train.iterations is not None:
+        config.schedule.check_length(config.train.iterations)
     device = build.resolve_device(config.train.device)
     env = env or init_distributed(device.type)
     if env.enabled and device.type == "cuda":
@@ -112,8 +116,7 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
         build.build_network(config, bundle.num_outputs)
     if resume_state is not None:
         _check_resume_fits(config, bundle.num_outputs, resume_path, resume_state)
-    teacher = build.load_teacher(config, bundle) if config.method_names and _needs_teacher(config) \
-        else None
+    teacher = build.load_teacher(config, bundle) if needs_teacher(config.distill.method) else None
     return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device, resume_note)
 
 
@@ -127,12 +130,6 @@ def _check_resume_fits(config: Config, num_outputs: int, path: Path, state: dict
                if k.startswith("student.")}
     network = create_model(config.model.name, num_classes=num_outputs, **config.model.options)
     load_state_strict(network, student, source=f"--resume {path}")
-
-
-def _needs_teacher(config: Config) -> bool:
-    from ..distill import get_method
-
-    return any(get_method(name).uses_teacher for name in config.method_names)
 
 
 def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module | None) -> dict[str, Any]:
@@ -154,13 +151,9 @@ def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module
     }
 
 
-def eval_resize(protocol) -> dict[str, Any] | None:
+def eval_resize(protocol: ProtocolOptions) -> dict[str, Any] | None:
     """How the evaluation pipeline resizes an image, for ``transkd predict`` to do the same."""
-    if protocol.name == "paper":
-        if protocol.image_size is not None:
-            return {"size": list(protocol.image_size)}
-        return {"short_side": protocol.short_side} if protocol.short_side else None
-    return {"scale": list(protocol.scale)} if protocol.scale is not None else None
+    return protocol.protocol().eval_resize()
 
 
 def _plain(value: Any) -> Any:
@@ -172,26 +165,36 @@ def _plain(value: Any) -> Any:
 
 
 def protocol_description(config: Config) -> dict[str, Any]:
-    """Words for what the numbers mean: protocol, input size, metric resolution."""
-    protocol = config.protocol
-    if protocol.name == "paper":
-        if protocol.image_size is not None:
-            size = f"{protocol.image_size[0]}x{protocol.image_size[1]} (HxW)"
-        else:
-            size = f"short side {protocol.short_side}"
-        scale = protocol.label_scale
-        resolution = "full input resolution" if scale == 1 else f"{scale:g} of the input resolution"
-    else:
-        size = (f"keep-ratio resize to {protocol.scale[0]}x{protocol.scale[1]} (long x short)"
-                if protocol.scale and protocol.eval_resize else "original size")
-        resolution = "full label resolution"
+    """Words for what the numbers mean: protocol, input size, metric resolution, inference."""
     inference = config.eval.mode
     if config.eval.mode == "slide":
         inference += f" {config.eval.crop[0]}x{config.eval.crop[1]}"
     if len(config.eval.scales) > 1 or config.eval.flip:
         inference += f", scales {list(config.eval.scales)}" + (", flip" if config.eval.flip else "")
-    return {"protocol": protocol.name, "input_size": size, "metric_resolution": resolution,
-            "inference": inference}
+    return {**config.protocol.protocol().words(), "inference": inference}
+
+
+def training_plan(config: Config, total_steps: int, steps_per_epoch: int) -> str:
+    """One line naming the run's length and the unit its intervals count, for the training log."""
+    train, schedule = config.train, config.schedule
+    unit = train.interval_unit
+    length = (f"{_count(train.epochs, 'epochs')} of {_count(steps_per_epoch, 'steps')} "
+              f"({_count(total_steps, 'steps')})" if unit == "epochs" else _count(total_steps, "iterations"))
+    lr = f"lr {schedule.kind}"
+    if schedule.kind == "standard" and schedule.warmup_iters:
+        lr += f" with {schedule.warmup_iters} warm-up iterations"
+    return (f"plan: {length}; {lr}; validation {_every(train.val_interval, unit)}, checkpoint "
+            f"{_every(train.checkpoint_interval, unit)}, log {_every(train.log_interval, 'steps')}")
+
+
+def _every(count: int, unit: str) -> str:
+    """``every epoch``, ``every 500 iterations``."""
+    return f"every {unit.removesuffix('s')}" if count == 1 else f"every {count} {unit}"
+
+
+def _count(count: int, unit: str) -> str:
+    """``1 epoch``, ``40 epochs``."""
+    return f"1 {unit.removesuffix('s')}" if count == 1 else f"{count} {unit}"
 
 
 class StartGuard:
@@ -254,9 +257,7 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> Run
 
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult:
     config, env = plan.config, plan.env
-    # Every rank checked the output folder while planning; none may see rank 0's first writes
-    # there as "a folder that already holds a run" (a race on a loaded machine).
-    barrier(env)
+    barrier(env)  # every rank has checked the output folder before the first one writes to it
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
@@ -272,6 +273,9 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult
                       run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
                       resume=plan.resume,
                       metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce)
+    config.schedule.check_length(trainer.total_steps)
+    if announce is not None and env.is_main:
+        announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch))
     return trainer.fit()
 
 

@@ -259,8 +259,9 @@ def network_input(run: Run, data: ValidationData) -> tuple[tuple[int, int] | Non
     config = run.config
     if config.eval.mode == "slide" and config.eval.crop:
         return tuple(config.eval.crop), "one sliding window"
-    if config.protocol.name == "paper" and config.protocol.image_size:
-        return tuple(config.protocol.image_size), "the protocol's fixed input size"
+    fixed = config.protocol.protocol().fixed_input_size()
+    if fixed is not None:
+        return fixed, "the protocol's fixed input size"
     transformed = data.transformed(run)
     if transformed is not None:
         height, width = transformed[0]["image"].shape[-2:]

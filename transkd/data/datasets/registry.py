@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import inspect
 import os
+import typing
+from collections.abc import Mapping
 from typing import Any
 
 from ...errors import ConfigError
+from ...options import Keys, convert
 from .base import SegmentationDataset, as_root
 
 _DATASETS: dict[str, type[SegmentationDataset]] = {}
@@ -35,8 +40,28 @@ def dataset_class(name: str) -> type[SegmentationDataset]:
 
 def dataset_options(name: str) -> dict[str, Any]:
     """Options ``build_dataset`` accepts for ``name`` (besides root and split), with defaults."""
-    params = inspect.signature(dataset_class(name).__init__).parameters
-    return {k: p.default for k, p in params.items() if k not in ("self", "root", "split")}
+    return {f.name: f.default for f in dataclasses.fields(dataset_schema(name))}
+
+
+def dataset_schema(name: str) -> type:
+    """The options of dataset ``name`` as a dataclass, read from its constructor's typed keywords
+    (besides root and split), so a dataset declares each option once, in its signature."""
+    return _options_of(dataset_class(name))
+
+
+@functools.cache
+def _options_of(cls: type[SegmentationDataset]) -> type:
+    hints = typing.get_type_hints(cls.__init__)
+    fields = [(p.name, hints.get(p.name, Any), dataclasses.field(default=p.default))
+              for p in inspect.signature(cls.__init__).parameters.values()
+              if p.name not in ("self", "root", "split")]
+    return dataclasses.make_dataclass(f"{cls.__name__}Options", fields)
+
+
+def check_dataset_options(name: str, options: Mapping[str, Any], keys: Keys | None = None) -> None:
+    """Names and types of the options of dataset ``name``; ranges are the dataset's to check."""
+    keys = keys or Keys(noun="option", owner=f" for dataset {name!r}")
+    convert(dataset_schema(name), options, keys)
 
 
 def build_dataset(name: str, root: str | os.PathLike | None = None, split: str = "train",
@@ -44,14 +69,10 @@ def build_dataset(name: str, root: str | os.PathLike | None = None, split: str =
     """Open split ``split`` of dataset ``name`` stored under ``root``.
 
     ``root=None`` is only valid for datasets that need no files (``synthetic``).
-    Unknown options raise ConfigError naming them.
+    Unknown or mistyped options raise ConfigError naming them.
     """
     cls = dataset_class(name)
-    known = dataset_options(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
-                          f"known options: {', '.join(known) or 'none'}")
+    check_dataset_options(name, options)
     if not isinstance(split, str) or not split:
         raise ConfigError(f"split must be a non-empty string, got {split!r}")
     if cls.needs_root:
