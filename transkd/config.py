@@ -25,8 +25,8 @@ from typing import Any, Literal
 import yaml
 
 from .data.protocols import ProtocolOptions
-from .engine.evaluate import InferenceOptions
 from .errors import ConfigError
+from .inference import InferenceOptions
 
 Precision = Literal["fp32", "bf16", "fp16"]
 

@@ -27,8 +27,8 @@ import torch
 from PIL import Image, ImageOps
 
 from ..data.transforms import Normalize, Resize, resize_image
-from ..engine.evaluate import InferenceOptions, predict_logits
 from ..errors import CheckpointError, ConfigError
+from ..inference import InferenceOptions, predict_logits
 from ..weights.io import atomic_write
 from . import Student
 
