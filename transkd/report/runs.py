@@ -20,6 +20,7 @@ from typing import Any
 
 from ..config import Config, config_from_dict, read_yaml
 from ..errors import ConfigError, TranskdError
+from ..jsonsafe import is_finite_number
 
 RUN_FILES = ("config.yaml", "metrics.jsonl")
 STUDENT_FILES = ("best/student.safetensors", "last/student.safetensors")
@@ -65,13 +66,13 @@ class Run:
         return next((self.path / f for f in STUDENT_FILES if (self.path / f).is_file()), None)
 
     def val_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == "val" and _finite(r.get("miou"))]
+        return [r for r in self.records if r.get("kind") == "val" and is_finite_number(r.get("miou"))]
 
     @property
     def best(self) -> dict[str, Any] | None:
         """The best validation record (summary.json's, else the best one in metrics.jsonl)."""
         saved = (self.summary or {}).get("best")
-        if isinstance(saved, dict) and _finite(saved.get("miou")):
+        if isinstance(saved, dict) and is_finite_number(saved.get("miou")):
             return saved
         return max(self.val_records(), key=lambda r: r["miou"], default=None)
 
@@ -83,10 +84,10 @@ class Run:
     def teacher_val(self) -> dict[str, Any] | None:
         """The teacher's own score, evaluated once when this distillation started."""
         saved = (self.summary or {}).get("teacher_val")
-        if isinstance(saved, dict) and _finite(saved.get("miou")):
+        if isinstance(saved, dict) and is_finite_number(saved.get("miou")):
             return saved
         return next((r for r in self.records if r.get("kind") == "teacher_val"
-                     and _finite(r.get("miou"))), None)
+                     and is_finite_number(r.get("miou"))), None)
 
     @property
     def teacher_model(self) -> str | None:
@@ -118,14 +119,11 @@ class Run:
     def wall_seconds(self) -> tuple[float | None, bool]:
         """(seconds of the training loop, whether it is an estimate from record timestamps)."""
         saved = (self.summary or {}).get("train_seconds")
-        if _finite(saved):
+        if is_finite_number(saved):
             return float(saved), False
-        times = [r["time"] for r in self.records if _finite(r.get("time"))]
+        times = [r["time"] for r in self.records if is_finite_number(r.get("time"))]
         return (max(times) - min(times), True) if len(times) > 1 else (None, True)
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -378,7 +376,7 @@ def gap_closed(method: Run, runs: Sequence[Run]) -> Gap:
         return Gap(None, f"{method.name}: no teacher run with the same evaluation among the runs, "
                          "so no gap share")
     values = (method.best_miou, student.best_miou, teacher_miou)
-    if not all(_finite(v) for v in values):
+    if not all(is_finite_number(v) for v in values):
         return Gap(None, f"{method.name}: a run has no validation score yet, so no gap share")
     ours, base, top = values
     if top <= base:
@@ -401,7 +399,7 @@ def ordered(runs: Sequence[Run]) -> list[Run]:
 # --------------------------------------------------------------------------- formatting
 
 def percent(value: Any) -> str:
-    return f"{100 * value:.2f}" if _finite(value) else "n/a"
+    return f"{100 * value:.2f}" if is_finite_number(value) else "n/a"
 
 
 def millions(value: int | None) -> str:
