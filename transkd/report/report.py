@@ -30,13 +30,11 @@ from .document import (
     render_markdown,
 )
 from .runs import (
-    STUDENT_FILES,
     TEACHER,
     Gap,
     Run,
     ValidationData,
     assign_roles,
-    class_names_of,
     collect_run_dirs,
     gap_closed,
     giga,
@@ -45,6 +43,7 @@ from .runs import (
     millions,
     ordered,
     percent,
+    run_class_names,
     run_names,
     size_text,
     slug,
@@ -219,8 +218,8 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
         dataset, reason = data.get(run)
         if dataset is None:
             notes.append(f"{run.name}: validation data not available ({reason})")
-        elif run.student_file is None:
-            notes.append(f"{run.name}: no {' or '.join(STUDENT_FILES)} to predict with")
+        elif run.model_file is None:
+            notes.append(f"{run.name}: no deployable network in best/ or last/ to predict with")
         else:
             key = data.key(run) + json.dumps(run.config.protocol.to_dict(), sort_keys=True, default=str)
             groups.setdefault(key, []).append(run)
@@ -230,9 +229,9 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
         models = {}
         for run in members:
             try:
-                models[run.name] = load_model(run.student_file)
+                models[run.name] = load_model(run.model_file)
             except (TranskdError, OSError) as exc:
-                notes.append(f"{run.name}: {run.student_file} cannot be loaded ({exc})")
+                notes.append(f"{run.name}: {run.model_file} cannot be loaded ({exc})")
         if not models:
             continue
         indices = spread(samples, len(dataset))
@@ -344,7 +343,7 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     say = announce or (lambda _message: None)
     data = ValidationData()
     for run in runs:
-        run.class_names = class_names_of(run)
+        run.class_names = run_class_names(run)
     say(f"measuring params and MACs of {len(runs)} run(s)")
     measure_sizes(runs, data)
     assign_roles(runs)

@@ -1,7 +1,7 @@
 """Run folders as the report sees them: discovery, loading, roles, sizes, the gap closed.
 
 A run is a folder with ``config.yaml`` and ``metrics.jsonl`` (``summary.json`` and
-``best/student.safetensors`` when it finished). Roles come from the configs: a run with a
+the deployable network in ``best/`` when it finished). Roles come from the configs: a run with a
 distillation method is that method; among plain runs, the network some method distilled from (or
 the bigger one) is the teacher and the network a method distilled into (or the smaller one) is the
 plain student. A method's share of the teacher–student gap closed is
@@ -21,9 +21,10 @@ from typing import Any
 from ..config import Config, config_from_dict, read_yaml
 from ..errors import ConfigError, TranskdError
 from ..jsonsafe import is_finite_number
+from ..weights.io import RUN_FOLDER_FILES, read_metadata
 
 RUN_FILES = ("config.yaml", "metrics.jsonl")
-STUDENT_FILES = ("best/student.safetensors", "last/student.safetensors")
+MODEL_FILES = tuple(f for f in RUN_FOLDER_FILES if "/" in f)
 TEACHER, STUDENT, PLAIN = "teacher", "student", "plain"
 #: Buffers of BatchNorm layers: saved with the adapters, but not parameters.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -61,9 +62,9 @@ class Run:
         return self.config.train.epochs is not None
 
     @property
-    def student_file(self) -> Path | None:
+    def model_file(self) -> Path | None:
         """The deployable network at its best validation score (else the last one)."""
-        return next((self.path / f for f in STUDENT_FILES if (self.path / f).is_file()), None)
+        return next((self.path / f for f in MODEL_FILES if (self.path / f).is_file()), None)
 
     def val_records(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get("kind") == "val" and is_finite_number(r.get("miou"))]
@@ -100,9 +101,7 @@ class Run:
             return self.summary["teacher"]
         weights = self.config.teacher.weights
         if weights and Path(weights).is_file():
-            from ..deploy import header_metadata
-
-            return (header_metadata(weights) or {}).get("architecture")
+            return (read_metadata(weights) or {}).get("architecture")
         return None
 
     @property
@@ -188,15 +187,13 @@ def run_names(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def class_names_of(run: Run) -> tuple[str, ...]:
+def run_class_names(run: Run) -> tuple[str, ...]:
     """Class names from summary.json, the saved student, or the dataset class, in that order."""
     saved = (run.summary or {}).get("class_names")
     if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
         return tuple(saved)
-    if run.student_file is not None:
-        from ..deploy import header_metadata
-
-        saved = (header_metadata(run.student_file) or {}).get("class_names")
+    if run.model_file is not None:
+        saved = (read_metadata(run.model_file) or {}).get("class_names")
         if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
             return tuple(saved)
     from ..data.datasets.registry import dataset_class
@@ -335,7 +332,7 @@ def assign_roles(runs: Sequence[Run]) -> None:
         if run.config.method_names:
             run.role = run.method
             continue
-        files = {(run.path / f).resolve() for f in STUDENT_FILES if (run.path / f).is_file()}
+        files = {(run.path / f).resolve() for f in MODEL_FILES if (run.path / f).is_file()}
         others = [o.params for o in runs if o is not run and o.params is not None]
         if files & teacher_files or (run.network in teacher_models and run.network not in student_models):
             run.role = TEACHER
