@@ -214,7 +214,8 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
     if result.skipped_steps:
         say(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
     say(f"trained {result.steps} steps in {result.train_seconds:.1f} s")
-    say(f"deployable student: {result.best_weights} (best), {result.last_weights} (last)")
+    role = "student" if config.method_names else "network"
+    say(f"deployable {role}: {result.best_weights} (best), {result.last_weights} (last)")
     say(f"resumable checkpoint: {result.checkpoint}")
     say(f"config: {plan.run_dir / 'config.yaml'}; metrics: {plan.run_dir / 'metrics.jsonl'}; "
         f"TensorBoard: {plan.run_dir / 'tensorboard'}; summary: {plan.run_dir / 'summary.json'}")
