@@ -147,3 +147,20 @@ def test_a_graph_that_does_not_generalise_is_refused(check, message, tmp_path):
         export_onnx(ShapeFrozen().eval(), tmp_path / "m.onnx", input_size=(8, 8), exporter="torchscript",
                     check_sizes=[check])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("metadata, size, why", [
+    ({"protocol_options": {"name": "standard", "crop_size": [128, 256]}}, (128, 256), "training crop"),
+    ({"protocol_options": {"name": "paper", "image_size": [64, 128], "crop_size": [512, 1024]}},
+     (64, 128), "training image size"),
+    ({"protocol_options": {"name": "paper", "short_side": 512}}, (512, 1024), "the default"),
+    ({}, (512, 1024), "the default"),
+])
+def test_export_size_defaults_to_the_training_size(metadata, size, why):
+    from transkd.deploy.export import export_input_size
+
+    got, reason = export_input_size(metadata, None)
+    assert got == size and why in reason
+    half = export_input_size(metadata, (40, None))
+    assert half == ((40, size[1]), f"as given, the other side from {reason}")
+    assert export_input_size(metadata, (40, 48)) == ((40, 48), "as given")
