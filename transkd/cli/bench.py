@@ -9,15 +9,8 @@ from ..deploy.bench import BACKENDS, bench_target, format_bench
 from ..deploy.export import EXPORTERS
 from ..jsonsafe import json_safe
 from ..profile import DEFAULT_NUM_CLASSES
-from ._common import (
-    DEFAULT_INPUT_SIZE,
-    add_batch_size,
-    add_input_size,
-    add_json,
-    add_model,
-    add_num_classes,
-    say,
-)
+from ._common import say
+from ._options import DEFAULT_INPUT_SIZE, add_batch_size, add_input_size, add_json, add_model, add_num_classes
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 
 from ..weights.importer import INPUT_NORMS, SOURCES, TARGETS, import_checkpoint
-from ._common import add_num_classes, add_output, say
+from ._common import say
+from ._options import add_num_classes, add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

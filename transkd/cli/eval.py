@@ -7,17 +7,14 @@ import json
 import sys
 
 from ..engine.score import evaluate_checkpoint
-from ._common import (
-    _quoted,
+from ._common import class_table, context_line, percent, say
+from ._options import (
     add_config_arguments,
     add_json,
     add_model,
     add_no_progress,
-    class_table,
     config_overrides,
-    context_line,
-    percent,
-    say,
+    yaml_string,
 )
 
 
@@ -38,7 +35,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    extra = [f"data.name={_quoted(args.dataset)}"] if args.dataset is not None else []
+    extra = [f"data.name={yaml_string(args.dataset)}"] if args.dataset is not None else []
     score = evaluate_checkpoint(args.model, config_file=args.config,
                                 overrides=config_overrides(args, extra), split=args.split,
                                 last=args.last, progress=not args.no_progress and sys.stderr.isatty())

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..deploy.export import EXPORTERS, FORMATS, export_model
-from ._common import add_input_size, add_model, add_output, say
+from ._common import say
+from ._options import add_input_size, add_model, add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -8,7 +8,8 @@ import json
 from ..jsonsafe import json_safe
 from ..profile import DEFAULT_NUM_CLASSES
 from ..profile_report import format_profile, profile_target
-from ._common import DEFAULT_INPUT_SIZE, add_input_size, add_json, add_model, add_num_classes, say
+from ._common import say
+from ._options import DEFAULT_INPUT_SIZE, add_input_size, add_json, add_model, add_num_classes
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -10,7 +10,8 @@ from tqdm import tqdm
 
 from ..deploy import parse_size
 from ..deploy.predict import PredictOptions, predict_images
-from ._common import add_batch_size, add_device, add_model, add_no_progress, add_output, say
+from ._common import say
+from ._options import add_batch_size, add_device, add_model, add_no_progress, add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..report import write_report
-from ._common import add_output, say
+from ._common import say
+from ._options import add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

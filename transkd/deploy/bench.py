@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..models import create_model, list_models
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
 from . import Student
+from .export import export_onnx, onnx_session
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 
@@ -101,8 +102,6 @@ def _compiled(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -
 
 
 def _onnxruntime(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
-    from .export import export_onnx, onnx_session
-
     path = Path(options["workdir"]) / "model.onnx"
     export_onnx(model, path, input_size=images.shape[-2:], exporter=options["exporter"],
                 check_sizes=[tuple(images.shape[:1]) + tuple(images.shape[-2:])],
@@ -228,7 +227,7 @@ def _load_average() -> list[float] | None:
 
 def _onnxruntime_version() -> str | None:
     try:
-        import onnxruntime
+        import onnxruntime  # deferred: an optional dependency (the onnx extra)
     except ImportError:
         return None
     return onnxruntime.__version__

@@ -19,6 +19,7 @@ means no file is written.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
@@ -129,8 +130,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
 
 
 def _require_onnx_packages(exporter: str) -> None:
-    import importlib.util
-
     needed = ["onnx", "onnxruntime"] + (["onnxscript"] if exporter == "dynamo" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -202,7 +201,7 @@ def _export_graph(model: nn.Module, sample: torch.Tensor, path: str, exporter: s
 
 def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -> int:
     """Store the student's metadata in the graph; returns the default-domain opset."""
-    import onnx
+    import onnx  # deferred: an optional dependency (the onnx extra)
 
     graph = onnx.load(path)
     props = {key: json.dumps(value) for key, value in (metadata or {}).items()}
@@ -222,7 +221,7 @@ def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -
 
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session; ``threads`` fixes the intra-op thread count."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: an optional dependency (the onnx extra)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from ..data.transforms import Normalize, Resize, resize_image
 from ..errors import CheckpointError, ConfigError
@@ -340,8 +341,6 @@ def predict_files(student: Student, inputs: Sequence[InputImage], output_dir: st
     Consecutive images with the same original and network size share a batch of up to
     ``options.batch_size`` (memory grows with batch × classes × original pixels).
     """
-    from tqdm import tqdm
-
     options = (options or PredictOptions()).validate()
     on_skip = on_skip or _warn_skip
     resize, inference = options.resize_for(student), options.inference_for(student)

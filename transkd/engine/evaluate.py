@@ -13,6 +13,7 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..inference import InferenceOptions, predict_logits
 
@@ -103,7 +104,6 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     model.eval()
     batches = loader
     if progress:
-        from tqdm import tqdm
         batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())

@@ -22,6 +22,7 @@ DPI = 110
 
 
 def _pyplot():
+    # deferred: matplotlib is slow to import and only figures need it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -33,7 +34,7 @@ def _pyplot():
 
 def _integer_ticks(ax) -> None:
     """Steps and epochs are whole numbers: no 1.25 ticks on short runs."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred with matplotlib, see _pyplot
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 

@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
+from ..engine.run import protocol_description
+from ..engine.visualize import save_predictions
 from ..errors import ConfigError, TranskdError
+from ..profile import MACS_CONVENTION
+from ..weights.io import load_model
 from . import plots
 from .document import (
     Block,
@@ -71,8 +76,6 @@ class _Columns:
 
 
 def comparison_section(runs: Sequence[Run]) -> list[Block]:
-    from ..profile import MACS_CONVENTION
-
     gaps = {r.name: gap_closed(r, runs) for r in runs if r.config.method_names}
     columns = _Columns(evaluation=_common(r.evaluation for r in runs),
                        macs_input=_common(_macs_input(r) for r in runs),
@@ -206,9 +209,6 @@ def class_iou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
 def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData,
                         samples: int) -> tuple[list[Block], list[str]]:
     """Image | ground truth | each run's best network, on the first validation images."""
-    from ..engine.visualize import save_predictions
-    from ..weights.io import load_model
-
     blocks: list[Block] = [Heading("Sample predictions")]
     if samples == 0:
         return blocks + [Paragraph("Skipped (--samples 0).")], []
@@ -242,8 +242,6 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
                              dataset.num_classes, ignore_index=first.config.protocol.ignore_index)
             grid = Path(staging) / "grid.png"
             plots.write_atomically(target, lambda tmp, src=grid: shutil.copyfile(src, tmp))
-        from ..engine.run import protocol_description
-
         words = protocol_description(first.config)
         blocks.append(Figure(target, f"{len(indices)} {first.config.data.name} "
                                      f"{first.config.data.val_split} image(s) spread over the split "
@@ -350,8 +348,6 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     runs = ordered(runs)
     output = prepare_output(output)
     figures = output / FIGURES_NAME
-    from .. import __version__
-
     title = "Training report: " + ", ".join(r.name for r in runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [

@@ -18,9 +18,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from ..config import Config, config_from_dict, read_yaml
+from ..data import build_dataset
+from ..data.datasets.registry import dataset_class
+from ..data.protocols import TransformedDataset, build_transform
+from ..engine.logging import read_metrics
+from ..engine.run import protocol_description
 from ..errors import ConfigError, TranskdError
 from ..jsonsafe import is_finite_number
+from ..models import create_model
+from ..profile import count_macs_conv_linear, count_params, eval_mode
 from ..weights.io import RUN_FOLDER_FILES, read_metadata
 
 RUN_FILES = ("config.yaml", "metrics.jsonl")
@@ -107,8 +117,6 @@ class Run:
     @property
     def evaluation(self) -> str:
         """What the mIoU means: split, protocol, input size, metric resolution, inference."""
-        from ..engine.run import protocol_description
-
         words = protocol_description(self.config)
         return (f"{self.config.data.name} {self.config.data.val_split}, protocol {words['protocol']}, "
                 f"input {words['input_size']}, metric at {words['metric_resolution']}, "
@@ -161,8 +169,6 @@ def collect_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], Path | No
 def load_run(path: Path, name: str) -> Run:
     """Read a run folder; a damaged config or metrics file is one sentence naming it."""
     config_path, metrics_path = path / "config.yaml", path / "metrics.jsonl"
-    from ..engine.logging import read_metrics
-
     try:
         config = config_from_dict(read_yaml(config_path))
     except ConfigError as exc:
@@ -196,8 +202,6 @@ def run_class_names(run: Run) -> tuple[str, ...]:
         saved = (read_metadata(run.model_file) or {}).get("class_names")
         if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
             return tuple(saved)
-    from ..data.datasets.registry import dataset_class
-
     try:
         names = tuple(dataset_class(run.config.data.name).class_names)
     except ConfigError:
@@ -226,8 +230,6 @@ class ValidationData:
         """(raw validation dataset or None, why it is not available)."""
         key = self.key(run)
         if key not in self._opened:
-            from ..data import build_dataset
-
             data = run.config.data
             try:
                 dataset = build_dataset(data.name, data.root, split=data.val_split,
@@ -240,8 +242,6 @@ class ValidationData:
 
     def transformed(self, run: Run):
         """The validation split through the run's evaluation pipeline, or None."""
-        from ..data.protocols import TransformedDataset, build_transform
-
         dataset, _ = self.get(run)
         if dataset is None:
             return None
@@ -265,9 +265,6 @@ def network_input(run: Run, data: ValidationData) -> tuple[tuple[int, int] | Non
 
 def measure_sizes(runs: Sequence[Run], data: ValidationData) -> None:
     """Params and MACs (paper convention) of each run's deployed network at its input size."""
-    from ..models import create_model
-    from ..profile import count_params
-
     cache: dict[str, tuple[int, int | None, str]] = {}
     for run in runs:
         outputs = run.config.protocol.num_outputs(len(run.class_names))
@@ -288,10 +285,6 @@ def measure_sizes(runs: Sequence[Run], data: ValidationData) -> None:
 
 def count_macs(model, size: tuple[int, int]) -> tuple[int | None, str]:
     """Paper-convention MACs of one (1, 3, H, W) forward pass, or None and torch's reason."""
-    import torch
-
-    from ..profile import count_macs_conv_linear, eval_mode
-
     try:
         with eval_mode(model):
             return count_macs_conv_linear(model, torch.zeros(1, 3, *size)).total, ""
@@ -302,8 +295,6 @@ def count_macs(model, size: tuple[int, int]) -> tuple[int | None, str]:
 
 def adapter_params(run: Run) -> int | None:
     """Parameters of the training-only distillation modules saved next to the student."""
-    from safetensors import safe_open
-
     for folder in ("best", "last"):
         path = run.path / folder / "adapters.safetensors"
         if path.is_file():
