@@ -155,7 +155,7 @@ class Trainer:
     """Runs one training job on an assembled Distiller and datasets.
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
-    ``metadata`` is written into the exported ``student.safetensors`` (dataset classes, palette,
+    ``metadata`` is written into the exported deployable network (dataset classes, palette,
     protocol) so the file alone is enough for prediction.
     """
 

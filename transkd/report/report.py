@@ -1,7 +1,7 @@
 """A report on one or several run folders: ``REPORT.md`` and a self-contained ``report.html``.
 
 The runs are read from what the engine leaves behind (``config.yaml``, ``metrics.jsonl``,
-``summary.json``, ``best/student.safetensors``); nothing is retrained. The report holds a comparison
+``summary.json``, the deployable network in ``best/``); nothing is retrained. The report holds a comparison
 table (best val mIoU, gap closed, params, MACs, wall time), mIoU and loss curves, per-class IoU,
 sample predictions and each resolved config; every number says how it was measured.
 """
