@@ -49,7 +49,7 @@ class InferenceOptions:
                              f"got {self.mode!r}")
         for name in ("crop", "stride"):
             value = getattr(self, name)
-            if value is not None and not _is_size(value):
+            if value is not None and not is_size(value):
                 raise ValueError(f"inference option {name!r} must be a (height, width) pair of positive "
                                  f"integers, got {value!r}")
         if self.mode == "slide" and self.crop is None:
@@ -69,7 +69,8 @@ class InferenceOptions:
         return max(1, self.crop[0] * 2 // 3), max(1, self.crop[1] * 2 // 3)
 
 
-def _is_size(value) -> bool:
+def is_size(value: object) -> bool:
+    """A (height, width) pair of positive integers, as a tuple or list."""
     return (isinstance(value, (tuple, list)) and len(value) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..inference import is_size
 from ..models.segmentor import IMAGENET_MEAN, IMAGENET_STD
 from ..weights.io import class_names_of, load_model, model_file, read_metadata
 
@@ -114,7 +115,7 @@ def parse_size(values: Sequence[int] | None, option: str) -> tuple[int, int] | N
     if values is None:
         return None
     size = tuple(values)
-    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+    if not is_size(size):
         raise ConfigError(f"{option} must be two positive integers (height width), got "
                           f"{' '.join(map(str, size))}")
     return size

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TranskdError
+from ..inference import is_size
 from ..weights.io import atomic_write, save_model
 from . import Student
 
@@ -268,12 +269,12 @@ def training_input_size(metadata: dict[str, Any]) -> tuple[tuple[int, int], str]
     protocol = metadata.get("protocol_options")
     if isinstance(protocol, dict):
         crop, image = protocol.get("crop_size"), protocol.get("image_size")
-        if protocol.get("name") == "standard" and _is_pair(crop):
+        if protocol.get("name") == "standard" and is_size(crop):
             return (int(crop[0]), int(crop[1])), "the training crop size in the student's metadata"
-        if protocol.get("name") == "paper" and _is_pair(image):
+        if protocol.get("name") == "paper" and is_size(image):
             return (int(image[0]), int(image[1])), "the training image size in the student's metadata"
     resize = metadata.get("resize")
-    if isinstance(resize, dict) and _is_pair(resize.get("size")):
+    if isinstance(resize, dict) and is_size(resize.get("size")):
         return (int(resize["size"][0]), int(resize["size"][1])), \
             "the input size in the student's metadata"
     return DEFAULT_EXPORT_SIZE, "the default: the student's metadata records no fixed training size"
@@ -288,15 +289,10 @@ def export_input_size(metadata: dict[str, Any], given: Sequence[int | None] | No
     size = tuple(trained[i] if given[i] is None else given[i] for i in range(2))
     if given != (None, None):
         why = "as given" if None not in given else f"as given, the other side from {why}"
-    if not _is_pair(size):
+    if not is_size(size):
         raise ConfigError(f"--input-size must be two positive integers (height width), got "
                           f"{size[0]} {size[1]}")
     return size, why
-
-
-def _is_pair(value: Any) -> bool:
-    return (isinstance(value, (list, tuple)) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
 
 
 def export_student(student: Student, path: str | Path, *, format: str | None = None,

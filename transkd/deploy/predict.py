@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from ..data.transforms import Normalize, Resize, resize_image
 from ..errors import CheckpointError, ConfigError
-from ..inference import InferenceOptions, predict_logits
+from ..inference import InferenceOptions, is_size, predict_logits
 from ..weights.io import atomic_write
 from . import Student
 
@@ -161,8 +161,7 @@ def resize_from_metadata(metadata: dict[str, Any], source: str = "the student") 
         key, value = next(iter(saved.items()))
         if key == "short_side" and _positive_int(value):
             return ResizeSpec(short_side=value)
-        if key in ("size", "scale") and isinstance(value, list) and len(value) == 2 \
-                and all(_positive_int(v) for v in value):
+        if key in ("size", "scale") and isinstance(value, list) and is_size(value):
             return ResizeSpec(**{key: (value[0], value[1])})
     raise CheckpointError(f"{source} has an invalid 'resize' metadata entry {saved!r}; expected "
                           "{'short_side': N}, {'size': [H, W]}, {'scale': [long, short]} or null")
@@ -222,7 +221,7 @@ class PredictOptions:
 
 
 def _size_or_none(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, list) and len(value) == 2 and all(_positive_int(v) for v in value):
+    if isinstance(value, list) and is_size(value):
         return value[0], value[1]
     return None
 
