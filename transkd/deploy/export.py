@@ -36,6 +36,7 @@ from torch import nn
 
 from ..errors import ConfigError, TranskdError
 from ..inference import is_size
+from ..jsonsafe import json_safe
 from ..weights.io import atomic_write, save_model
 from . import Student
 
@@ -205,7 +206,7 @@ def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -
     import onnx  # deferred: an optional dependency (the onnx extra)
 
     graph = onnx.load(path)
-    props = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    props = {key: json.dumps(json_safe(value)) for key, value in (metadata or {}).items()}
     props.update(
         input=f"{INPUT_NAME}: float32 (batch, 3, height, width), RGB scaled to [0, 1] then normalised "
               "with 'mean'/'std'",

@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..jsonsafe import json_safe
 from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 FORMAT_VERSION = "1"
@@ -69,10 +70,10 @@ def _umask() -> int:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike,
                     metadata: dict[str, Any] | None = None) -> Path:
-    """Write tensors as safetensors; metadata values are stored JSON-encoded."""
+    """Write tensors as safetensors; metadata values are stored JSON-encoded (non-finite as null)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format_version": FORMAT_VERSION}
-    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    meta.update({k: json.dumps(json_safe(v)) for k, v in (metadata or {}).items()})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
