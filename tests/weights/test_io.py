@@ -139,3 +139,12 @@ def test_a_run_folder_loads_by_either_name_and_pickles_are_pointed_to_convert(tm
     (tmp_path / "w.pth").write_bytes(b"")
     with pytest.raises(CheckpointError, match="'transkd convert' turns external weights into one"):
         load_model(tmp_path / "w.pth")
+
+
+def test_a_teacher_file_named_the_new_way_is_found_under_its_older_name(tmp_path):
+    from transkd.weights.io import model_file
+
+    save_model(create_model("segformer_b0", num_classes=3), tmp_path / "best" / "student.safetensors")
+    assert model_file(tmp_path / "best" / "model.safetensors") == tmp_path / "best" / "student.safetensors"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_file(tmp_path / "last" / "model.safetensors")

@@ -142,7 +142,8 @@ def save_model(model: nn.Module, path: str | os.PathLike, **extra_metadata: Any)
 
 def model_file(path: str | os.PathLike, last: bool = False) -> Path:
     """The ``.safetensors`` behind ``path``: the file itself, or a run folder's deployable network
-    (``best/`` first, then ``last/``; ``last=True`` takes ``last/`` only)."""
+    (``best/`` first, then ``last/``; ``last=True`` takes ``last/`` only). A ``model.safetensors``
+    that an earlier version saved as ``student.safetensors`` is found under that name."""
     path = Path(path)
     if path.is_dir():
         candidates = [f for f in RUN_FOLDER_FILES if f.startswith("last/")] if last else RUN_FOLDER_FILES
@@ -152,6 +153,8 @@ def model_file(path: str | os.PathLike, last: bool = False) -> Path:
         raise CheckpointError(f"{path} is a folder without a deployable network (looked for "
                               f"{', '.join(candidates)})")
     if not path.exists():
+        if path.name == MODEL_FILE and (path.parent / STUDENT_FILE).is_file():  # an earlier version's run
+            return path.parent / STUDENT_FILE
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(f"{path} is a PyTorch checkpoint ({path.suffix}), not a deployable model; "
