@@ -72,6 +72,11 @@ class MacCount:
     def total(self) -> int:
         return sum(self.breakdown.values())
 
+    @property
+    def weights_only(self) -> int:
+        """Only the weight products of conv and linear layers (no bias, norm or activation)."""
+        return self.breakdown.get("conv", 0) + self.breakdown.get("linear", 0)
+
 
 def layer_macs(module: nn.Module, inputs: tuple, output: Any) -> dict[str, int]:
     """MACs of one call of ``module`` under the paper's rules (empty for uncounted layers)."""
