@@ -239,7 +239,7 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         (out / "checkpoints" / "previous.pt").unlink()
         return Case([*train, "--resume", "auto"], "is damaged", existing_run=True)
     if kind == "eval_missing_weights":
-        return Case(["eval", str(tmp / "none.safetensors"), *TINY], "do not exist")
+        return Case(["eval", str(tmp / "none.safetensors"), *TINY], "does not exist")
     if kind == "eval_class_count":
         return Case(["eval", str(teacher(tmp, 19)), *TINY], "predicts 19 classes but dataset")
 

@@ -103,10 +103,10 @@ def test_refusal_says_why(tmp_path, capsys, where):
     err = capsys.readouterr().err
     expected = {
         "resume": "refusing to load it",
-        "teacher": "not a readable safetensors file",
+        "teacher": "is a PyTorch checkpoint (.pth), not a deployable model",
         "init": "not a readable safetensors file",
         "convert": "cannot be loaded safely as plain tensors",
-        "eval": "not a readable safetensors file",
+        "eval": "is a PyTorch checkpoint (.pth), not a deployable model",
     }[where]
     assert expected in err
     assert not marker.exists()

@@ -6,10 +6,8 @@ from .weights import load_model
 
 __version__ = "0.1.0"
 
-
-def load_student(path: str, map_location: str = "cpu"):
-    """Rebuild a saved student (or teacher) from its ``.safetensors`` file alone."""
-    return load_model(path, map_location=map_location)
+#: The older name of :func:`load_model`, kept for code written against it.
+load_student = load_model
 
 
 __all__ = ["__version__", "create_distiller", "create_model", "list_methods", "list_models",

@@ -24,8 +24,8 @@ import yaml
 from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
-from .engine.evaluate import InferenceOptions
 from .errors import ConfigError
+from .inference import InferenceOptions
 from .options import Keys, check_ranges, convert
 
 Precision = Literal["fp32", "bf16", "fp16"]

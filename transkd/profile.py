@@ -30,6 +30,11 @@ from torch import nn
 from torch.utils import flop_counter
 
 from .errors import ConfigError
+from .models import create_model, list_models
+
+#: Output classes of a model built by name to be measured: the paper's Cityscapes setting
+#: (19 classes + void), so sizes compare with its tables.
+DEFAULT_NUM_CLASSES = 20
 
 MACS_CONVENTION = (
     "mmcv-1.3 get_model_complexity_info rules (the TransKD paper's counter): per output element of "
@@ -302,8 +307,6 @@ def profile_module(model: nn.Module, input_size: Iterable[int]) -> dict[str, Any
 def profile_model(name: str, num_classes: int, input_size: Iterable[int] = (512, 1024),
                   **model_options: Any) -> dict[str, Any]:
     """Build the segmentation model ``name`` with random weights and profile it on one image."""
-    from .models import create_model, list_models
-
     segmentors = list_models(kind="segmentor")
     if name not in segmentors:
         raise ConfigError(f"unknown segmentation model {name!r}; known models: {', '.join(segmentors)}")

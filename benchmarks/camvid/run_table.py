@@ -103,7 +103,7 @@ def main() -> int:
     teacher_dir = out / "teacher_b2"
     run([*tool, "train", "--config", str(PRESETS / "teacher_b2_cpu40e.yaml"),
          "--output", str(teacher_dir), *common], args.threads)
-    teacher = teacher_dir / "best" / "student.safetensors"
+    teacher = teacher_dir / "best" / "model.safetensors"
     students: list[tuple[str, list[str]]] = [
         ("student_b0", [*tool, "train", "--config", str(PRESETS / "student_b0_cpu40e.yaml"),
                         "--output", str(out / "student_b0"), *common])]

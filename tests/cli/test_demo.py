@@ -15,8 +15,8 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
     assert code == 0, err
     for name in ("results.md", "results.json", "curves.png", "predictions/grid.png"):
         assert (output / name).is_file(), name
-    for run in ("teacher", "student", "transkd_base"):
-        for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", "best/student.safetensors"):
+    for run, network in (("teacher", "model"), ("student", "model"), ("transkd_base", "student")):
+        for name in ("config.yaml", "metrics.jsonl", "checkpoints/last.pt", f"best/{network}.safetensors"):
             assert (output / run / name).is_file(), f"{run}/{name}"
     masks = sorted(p.name for p in (output / "predictions").glob("*_transkd_base_mask.png"))
     overlays = sorted((output / "predictions").glob("*_teacher_overlay.png"))
@@ -44,7 +44,7 @@ def test_demo_presets_match_the_demo():
     for method in ("transkd_base", "transkd_gl", "transkd_ea"):
         expected[f"{method}_b1-b0_demo"] = demo_config(
             "distill", size, 5.0, out / f"{method}_b1-b0_demo", method=method,
-            teacher_weights="runs/synthetic/teacher_b1_demo/best/student.safetensors")
+            teacher_weights="runs/synthetic/teacher_b1_demo/best/model.safetensors")
     for stem, config in expected.items():
         assert load_config(CONFIGS / f"{stem}.yaml") == config, stem
 

@@ -8,7 +8,7 @@ from PIL import Image
 
 from transkd.cli import main
 from transkd.models import create_model
-from transkd.weights.io import save_model
+from transkd.weights.io import model_file, save_model
 
 TINY = ["--set", "data.options={length: 8, size: [32, 64]}", "--set", "data.val_options={length: 4}",
         "--set", "protocol.image_size=[32, 64]",
@@ -36,7 +36,7 @@ def test_train_then_eval_then_resume(tmp_path, capsys):
     assert f"run folder: {run_dir}" in out
     assert "best val mIoU" in out and "protocol paper, input 32x64 (HxW)" in out
     assert "metric at 0.25 of the input resolution" in out
-    assert (run_dir / "config.yaml").is_file() and (run_dir / "best" / "student.safetensors").is_file()
+    assert (run_dir / "config.yaml").is_file() and (model_file(run_dir)).is_file()
     resolved = (run_dir / "config.yaml").read_text()
     assert "lr: 6.0e-05" in resolved and "batch_size: 2" in resolved
 
@@ -46,7 +46,7 @@ def test_train_then_eval_then_resume(tmp_path, capsys):
     assert "road" in out and "IoU %" in out and "pixel accuracy" in out
 
     # a bare weights file carries its dataset and pipeline in its metadata
-    code, out, err = cli(capsys, "eval", str(run_dir / "last" / "student.safetensors"),
+    code, out, err = cli(capsys, "eval", str(model_file(run_dir, last=True)),
                          "--set", "data.val_options={length: 4}")
     assert code == 0, err
     assert "synthetic val, protocol paper, input 32x64 (HxW)" in out

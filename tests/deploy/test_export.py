@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from transkd.cli import main
-from transkd.deploy import load_deployable
+from transkd.deploy import Student
 from transkd.deploy.export import ExportError, check_parity, default_check_sizes, export_onnx
 from transkd.errors import ConfigError
 from transkd.models import create_model
@@ -47,7 +47,7 @@ def exported(student_file, tmp_path_factory):
 def test_onnx_export_matches_pytorch_at_other_sizes(exported, student_file, capsys):
     code, out = exported
     assert code == 0 and out.is_file()
-    student = load_deployable(student_file)
+    student = Student.load(student_file)
     checks = check_parity(student.model, out, [(1, 97, 131), (3, 64, 96)], seed=1)  # odd sizes too
     assert [c.output_shape for c in checks] == [(1, 3, 25, 33), (3, 3, 16, 24)]
     assert max(c.max_abs_diff for c in checks) < 1e-4
@@ -97,7 +97,7 @@ def test_output_that_is_a_folder_is_one_sentence(student_file, tmp_path, capsys)
 
 
 def test_export_size_too_small_for_the_model_is_a_config_error(student_file, tmp_path):
-    model = load_deployable(student_file).model
+    model = Student.load(student_file).model
     with pytest.raises(ConfigError, match="cannot run on an input of 1x3x16x16"):
         export_onnx(model, tmp_path / "m.onnx", input_size=(16, 16), exporter="torchscript")
     assert not (tmp_path / "m.onnx").exists()
@@ -147,3 +147,20 @@ def test_a_graph_that_does_not_generalise_is_refused(check, message, tmp_path):
         export_onnx(ShapeFrozen().eval(), tmp_path / "m.onnx", input_size=(8, 8), exporter="torchscript",
                     check_sizes=[check])
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("metadata, size, why", [
+    ({"protocol_options": {"name": "standard", "crop_size": [128, 256]}}, (128, 256), "training crop"),
+    ({"protocol_options": {"name": "paper", "image_size": [64, 128], "crop_size": [512, 1024]}},
+     (64, 128), "training image size"),
+    ({"protocol_options": {"name": "paper", "short_side": 512}}, (512, 1024), "the default"),
+    ({}, (512, 1024), "the default"),
+])
+def test_export_size_defaults_to_the_training_size(metadata, size, why):
+    from transkd.deploy.export import export_input_size
+
+    got, reason = export_input_size(metadata, None)
+    assert got == size and why in reason
+    half = export_input_size(metadata, (40, None))
+    assert half == ((40, size[1]), f"as given, the other side from {reason}")
+    assert export_input_size(metadata, (40, 48)) == ((40, 48), "as given")

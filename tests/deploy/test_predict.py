@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from transkd.cli import main
-from transkd.deploy import generated_palette, load_deployable, resolve_student_path
+from transkd.deploy import Student, generated_palette
 from transkd.deploy.predict import (
     InputImage,
     PredictOptions,
@@ -23,7 +23,7 @@ from transkd.deploy.predict import (
 )
 from transkd.errors import CheckpointError, ConfigError
 from transkd.models import create_model
-from transkd.weights.io import save_model, save_state_dict
+from transkd.weights.io import model_file, save_model, save_state_dict
 
 PALETTE = [[255, 0, 0], [0, 255, 0], [0, 0, 255]]
 
@@ -70,7 +70,7 @@ def test_masks_overlays_and_raw_at_input_size_in_palette_colours(student_file, m
                  "--batch-size", "2", "--no-progress"])
     assert code == 0
     assert "wrote 3 of 3" in capsys.readouterr().out
-    reference = load_deployable(student_file).model
+    reference = Student.load(student_file).model
     for name, pixels in images.items():
         mask = Image.open(out / "masks" / f"{name}.png")
         assert mask.mode == "P" and mask.size == (pixels.shape[1], pixels.shape[0])
@@ -99,7 +99,7 @@ def test_student_without_names_or_palette_gets_generated_colours(model, tmp_path
     assert mask.size == (45, 33) and mask.getpalette()[:12] == [v for c in palette for v in c]
     assert len(set(palette)) == 4 and (0, 0, 0) not in palette
     assert not (tmp_path / "out" / "overlays").exists()
-    reference = load_deployable(plain).model
+    reference = Student.load(plain).model
     np.testing.assert_array_equal(np.asarray(mask), expected_ids(reference, pixels, 33, 4))
 
 
@@ -162,7 +162,7 @@ def test_sliding_window_without_resize_and_tiny_images(student_file, tmp_path):
 
 def test_segment_image_matches_the_files_written(student_file, tmp_path):
     pixels = write_image(tmp_path / "x.png", 36, 52, 10)
-    student = load_deployable(student_file)
+    student = Student.load(student_file)
     assert main(["predict", str(student_file), str(tmp_path / "x.png"), "-o", str(tmp_path / "o"),
                  "--no-progress", "--flip"]) == 0
     ids = segment_image(student, pixels, PredictOptions(flip=True))
@@ -207,7 +207,7 @@ def test_a_run_folder_means_its_best_student(student_file, tmp_path):
     run = tmp_path / "run"
     (run / "best").mkdir(parents=True)
     (run / "best" / "student.safetensors").write_bytes(student_file.read_bytes())
-    assert resolve_student_path(run) == run / "best" / "student.safetensors"
-    assert load_deployable(run).class_names == ("road", "car", "sky")
-    with pytest.raises(CheckpointError, match="folder without a deployable student"):
-        resolve_student_path(tmp_path)
+    assert model_file(run) == run / "best" / "student.safetensors"
+    assert Student.load(run).class_names == ("road", "car", "sky")
+    with pytest.raises(CheckpointError, match="folder without a deployable network"):
+        model_file(tmp_path)

@@ -25,7 +25,7 @@ from transkd.config import load_config
 from transkd.engine.distributed import EpochSampler, ShardSampler
 from transkd.engine.run import run
 from transkd.models import create_model
-from transkd.weights.io import read_safetensors, save_model
+from transkd.weights.io import model_file, read_safetensors, save_model
 
 SETTINGS = [
     "data.options={length: 8, size: [32, 64], seed: 5}",  # no void pixels in these samples
@@ -80,8 +80,8 @@ def test_two_process_step_equals_one_process_with_the_same_global_batch(tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("run folder:") == 1  # only rank 0 prints
 
-    a, _ = read_safetensors(tmp_path / "single" / "last" / "student.safetensors")
-    b, _ = read_safetensors(tmp_path / "ddp" / "last" / "student.safetensors")
+    a, _ = read_safetensors(model_file(tmp_path / "single", last=True))
+    b, _ = read_safetensors(model_file(tmp_path / "ddp", last=True))
     torch.manual_seed(0)  # the run seeds with train.seed 0 and builds the student first
     initial_state = create_model("segformer_b0", num_classes=10, drop_path_rate=0.0,
                                  dropout=0.0).state_dict()

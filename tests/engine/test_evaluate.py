@@ -4,13 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from transkd.engine.evaluate import (
-    ConfusionMatrix,
-    InferenceOptions,
-    evaluate,
-    predict_logits,
-    window_starts,
-)
+from transkd.engine.evaluate import ConfusionMatrix, evaluate
+from transkd.inference import InferenceOptions, predict_logits, window_starts
 from transkd.models import create_model
 
 

@@ -17,7 +17,7 @@ from transkd.cli import main
 from transkd.engine.checkpoint import load_checkpoint
 from transkd.engine.logging import read_metrics
 from transkd.models import create_model
-from transkd.weights.io import read_safetensors, save_model
+from transkd.weights.io import model_file, read_safetensors, save_model
 
 STEPS = 12
 #: Plain settings of the short CPU run: 8 synthetic samples of 32x64, batches of 2 (4 steps an
@@ -114,8 +114,8 @@ def test_plain_run_killed_at_a_random_step_resumes_bit_identically(tmp_path, cap
     assert f"resuming from {killed / 'checkpoints' / 'last.pt'}" in out
     assert f"trained {STEPS} steps" in out
 
-    assert_bit_identical(tensors(tmp_path / "straight" / "last" / "student.safetensors"),
-                         tensors(killed / "last" / "student.safetensors"), "student")
+    assert_bit_identical(tensors(model_file(tmp_path / "straight", last=True)),
+                         tensors(model_file(killed, last=True)), "student")
     final_a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")
     final_b = load_checkpoint(killed / "checkpoints" / "last.pt")
     assert_bit_identical(final_a["model"], final_b["model"], "checkpoint weights")

@@ -10,7 +10,7 @@ from transkd.engine.logging import read_metrics
 from transkd.engine.run import execute, plan_run
 from transkd.engine.trainer import NonFiniteLossError, Trainer
 from transkd.errors import ConfigError
-from transkd.weights.io import load_model, read_safetensors, save_model
+from transkd.weights.io import load_model, model_file, read_safetensors, save_model
 
 TINY = [
     "data.options={length: 8, size: [32, 64]}",
@@ -38,7 +38,7 @@ def test_plain_training_writes_the_run_folder(tmp_path):
     run_dir = tmp_path / "run"
     assert result.status == "completed" and result.steps == 8  # 2 epochs x 4 batches
     for name in ("config.yaml", "metrics.jsonl", "summary.json", "checkpoints/last.pt",
-                 "best/student.safetensors", "last/student.safetensors"):
+                 "best/model.safetensors", "last/model.safetensors"):
         assert (run_dir / name).is_file(), name
     records = read_metrics(run_dir / "metrics.jsonl")
     train = [r for r in records if r["kind"] == "train"]
@@ -50,8 +50,8 @@ def test_plain_training_writes_the_run_folder(tmp_path):
     # the paper schedule is constant within an epoch and decays per epoch
     assert train[0]["lr"] == train[3]["lr"] == pytest.approx(6e-5)
     assert train[4]["lr"] == pytest.approx(3e-5)
-    student = load_model(run_dir / "last" / "student.safetensors")
-    _, meta = read_safetensors(run_dir / "last" / "student.safetensors")
+    student = load_model(model_file(run_dir, last=True))
+    _, meta = read_safetensors(model_file(run_dir, last=True))
     assert student.num_classes == 10 and meta["dataset"] == "synthetic"
     assert meta["protocol"] == "paper" and len(meta["class_names"]) == 10
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -80,8 +80,8 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
     resumed = run_module.run(config, resume="auto")
     assert resumed.status == "completed" and resumed.steps == 8
 
-    a = state_of(tmp_path / "straight" / "last" / "student.safetensors")
-    b = state_of(tmp_path / "resumed" / "last" / "student.safetensors")
+    a = state_of(model_file(tmp_path / "straight", last=True))
+    b = state_of(model_file(tmp_path / "resumed", last=True))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     def losses(name):
@@ -93,8 +93,8 @@ def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
 def test_workers_do_not_change_the_result(tmp_path):
     run_module.run(tiny_config(tmp_path, "train.epochs=1", name="w0"))
     run_module.run(tiny_config(tmp_path, "train.epochs=1", "train.num_workers=2", name="w2"))
-    a = state_of(tmp_path / "w0" / "last" / "student.safetensors")
-    b = state_of(tmp_path / "w2" / "last" / "student.safetensors")
+    a = state_of(model_file(tmp_path / "w0", last=True))
+    b = state_of(model_file(tmp_path / "w2", last=True))
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -113,8 +113,8 @@ def test_grad_accumulation_matches_a_larger_batch(tmp_path):
     run_module.run(tiny_config(tmp_path, *common, "train.batch_size=4", name="big"))
     run_module.run(tiny_config(tmp_path, *common, "train.batch_size=2", "train.grad_accum=2",
                                name="accum"))
-    a = state_of(tmp_path / "big" / "last" / "student.safetensors")
-    b = state_of(tmp_path / "accum" / "last" / "student.safetensors")
+    a = state_of(model_file(tmp_path / "big", last=True))
+    b = state_of(model_file(tmp_path / "accum", last=True))
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
@@ -151,7 +151,7 @@ def test_distillation_logs_the_teacher_once_and_every_loss_term(tmp_path):
     assert {"ce", "hcl", "embed_1", "embed_4", "loss"} <= set(train[0])
     assert (tmp_path / "run" / "last" / "adapters.safetensors").is_file()
     # the deployable student is the plain network
-    assert load_model(tmp_path / "run" / "best" / "student.safetensors").model_name == "segformer_b0"
+    assert load_model(model_file(tmp_path / "run")).model_name == "segformer_b0"
 
 
 def test_teacher_with_another_class_count_is_refused_before_any_output(tmp_path):
@@ -186,7 +186,7 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
     calls["n"] = 0
     result = run_module.run(tiny_config(tmp_path, "train.nonfinite=skip", name="skip"))
     assert result.status == "completed" and result.skipped_steps == 1
-    state = state_of(tmp_path / "skip" / "last" / "student.safetensors")
+    state = state_of(model_file(tmp_path / "skip", last=True))
     assert all(bool(torch.isfinite(v).all()) for v in state.values())
     events = [r for r in read_metrics(tmp_path / "skip" / "metrics.jsonl") if r["kind"] == "event"]
     assert events[0]["event"] == "skipped_non_finite"

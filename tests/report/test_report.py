@@ -184,7 +184,7 @@ def test_gap_share_of_each_method(fake_runs, tmp_path):
     assert "| car | n/a | n/a | n/a | n/a |" in markdown
     # loss curves from the hand-written train records; predictions skipped: no weights saved
     assert_png(result.figures / "loss_kd.png")
-    assert "no best/student.safetensors or last/student.safetensors" in markdown
+    assert "no deployable network in best/ or last/" in markdown
     assert len(result.notes) == 4
     assert_self_contained(result.html.read_text())
 

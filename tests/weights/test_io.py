@@ -121,3 +121,30 @@ def test_atomic_write_replaces_the_file_on_success(tmp_path):
     assert [p.name for p in target.parent.iterdir()] == ["out.bin"]
     with pytest.raises(IsADirectoryError):
         atomic_write(tmp_path / "sub", lambda tmp: None)
+
+
+def test_a_run_folder_loads_by_either_name_and_pickles_are_pointed_to_convert(tmp_path):
+    from transkd.weights.io import deployable_file_name, model_file
+
+    net = create_model("segformer_b0", num_classes=3)
+    assert deployable_file_name(distilled=False) == "model.safetensors"
+    assert deployable_file_name(distilled=True) == "student.safetensors"
+    save_model(net, tmp_path / "old" / "best" / "student.safetensors")  # earlier versions' teacher
+    save_model(net, tmp_path / "new" / "last" / "model.safetensors")
+    assert load_model(tmp_path / "old").model_name == "segformer_b0"
+    assert model_file(tmp_path / "new") == tmp_path / "new" / "last" / "model.safetensors"
+    assert load_model(tmp_path / "new", last=True).num_classes == 3
+    with pytest.raises(CheckpointError, match="without a deployable network"):
+        load_model(tmp_path / "old", last=True)
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(CheckpointError, match="'transkd convert' turns external weights into one"):
+        load_model(tmp_path / "w.pth")
+
+
+def test_a_teacher_file_named_the_new_way_is_found_under_its_older_name(tmp_path):
+    from transkd.weights.io import model_file
+
+    save_model(create_model("segformer_b0", num_classes=3), tmp_path / "best" / "student.safetensors")
+    assert model_file(tmp_path / "best" / "model.safetensors") == tmp_path / "best" / "student.safetensors"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        model_file(tmp_path / "last" / "model.safetensors")

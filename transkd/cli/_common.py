@@ -1,5 +1,5 @@
-"""Helpers shared by the ``train``, ``distill``, ``eval`` and ``demo`` subcommands: config
-options, the resolved config, and printing numbers that say what they are."""
+"""What the training and reporting subcommands share: the resolved config, a training run, and
+printing numbers that say what they are. The option vocabulary is in :mod:`._options`."""
 
 from __future__ import annotations
 
@@ -9,37 +9,18 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from tqdm import tqdm
+
 from ..config import Config, load_config
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, resume: bool = True) -> None:
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="YAML config (presets in configs/); defaults fill everything else")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override one key, e.g. --set optim.lr=1e-4 (repeatable; value is YAML)")
-    parser.add_argument("--data", metavar="ROOT", help="dataset root folder (shortcut for data.root)")
-    parser.add_argument("--output", metavar="DIR", help="run folder (shortcut for output.dir)")
-    if resume:
-        parser.add_argument("--resume", metavar="CKPT|auto",
-                            help="continue from a checkpoint, a run folder, or 'auto' (the output "
-                                 "folder's last checkpoint if there is one)")
+from ..engine.distributed import cleanup_distributed
+from ..engine.run import execute, plan_run, protocol_description
+from ._options import config_overrides
 
 
 def config_from_args(args: argparse.Namespace, extra: Sequence[str] = (),
                      base: dict[str, Any] | None = None) -> Config:
     """The validated config: file, then ``--set`` overrides, then shortcut options."""
-    overrides = list(args.overrides)
-    if getattr(args, "data", None) is not None:
-        overrides.append(f"data.root={_quoted(args.data)}")
-    if getattr(args, "output", None) is not None:
-        overrides.append(f"output.dir={_quoted(args.output)}")
-    overrides.extend(extra)
-    return load_config(args.config, overrides, base=base)
-
-
-def _quoted(text: str) -> str:
-    """A path as a YAML string, whatever characters it holds."""
-    return "'" + str(text).replace("'", "''") + "'"
+    return load_config(args.config, config_overrides(args, extra), base=base)
 
 
 def percent(value: float | None) -> str:
@@ -70,8 +51,6 @@ def class_table(class_names: Sequence[str], iou: Sequence[float],
 
 def progress_line(message: str) -> None:
     """A line printed above a running progress bar without breaking it."""
-    from tqdm import tqdm
-
     tqdm.write(message, file=sys.stdout)
 
 
@@ -82,9 +61,6 @@ def say(message: str = "", enabled: bool = True) -> None:
 
 def run_training(config: Config, resume: str | None, command: str) -> int:
     """Plan (check everything), train, print where results went; exit code 130 if interrupted."""
-    from ..engine.distributed import cleanup_distributed
-    from ..engine.run import execute, plan_run, protocol_description
-
     plan = plan_run(config, resume)
     main = plan.env.is_main
     try:
@@ -115,7 +91,8 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
     if result.skipped_steps:
         say(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
     say(f"trained {result.steps} steps in {result.train_seconds:.1f} s")
-    say(f"deployable student: {result.best_weights} (best), {result.last_weights} (last)")
+    role = "student" if config.method_names else "network"
+    say(f"deployable {role}: {result.best_weights} (best), {result.last_weights} (last)")
     say(f"resumable checkpoint: {result.checkpoint}")
     say(f"config: {plan.run_dir / 'config.yaml'}; metrics: {plan.run_dir / 'metrics.jsonl'}; "
         f"TensorBoard: {plan.run_dir / 'tensorboard'}; summary: {plan.run_dir / 'summary.json'}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ._common import _quoted, add_config_arguments, config_from_args, run_training
+from ._common import config_from_args, run_training
+from ._options import add_config_arguments, yaml_string
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -24,9 +25,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     extra = []
     if args.teacher is not None:
-        extra.append(f"teacher.weights={_quoted(args.teacher)}")
+        extra.append(f"teacher.weights={yaml_string(args.teacher)}")
     if args.method is not None:
-        extra.append(f"distill.method={_quoted(args.method)}")
+        extra.append(f"distill.method={yaml_string(args.method)}")
     config = config_from_args(args, extra)
     if not config.method_names:
         raise ConfigError("transkd distill needs a distillation method: set distill.method "

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..report import write_report
 from ._common import say
+from ._options import add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -17,9 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "best network and each resolved config. Nothing is retrained.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run folders written by transkd train/distill, or a folder holding runs")
-    parser.add_argument("--output", "-o", metavar="DIR",
-                        help="folder for the report (default: a folder of runs itself, else the first "
-                             "run's report/)")
+    add_output(parser, "DIR", "folder for the report (default: a folder of runs itself, else the "
+                              "first run's report/)")
     parser.add_argument("--samples", type=int, default=3, metavar="N",
                         help="validation images in the sample predictions (default 3; 0: none)")
     parser.set_defaults(run=run)
@@ -27,8 +28,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import write_report
-
     result = write_report(args.runs, output=args.output, samples=args.samples, announce=say)
     for note in result.notes:
         say(f"note: {note}")

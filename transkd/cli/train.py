@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 
 from ..errors import ConfigError
-from ._common import add_config_arguments, config_from_args, run_training
+from ._common import config_from_args, run_training
+from ._options import add_config_arguments
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -1,8 +1,10 @@
 """Using a trained student: segment images (``predict``), export it (``export``), time it (``bench``).
 
-A deployable student is one ``student.safetensors``: weights plus metadata. Everything here reads
-that file alone. Required keys (written by :func:`transkd.weights.io.save_model`): ``architecture``,
-``num_classes``, ``mean``, ``std``. Optional keys the trainer adds and this package uses when present:
+A deployable student is one ``.safetensors`` file (``student.safetensors`` of a distillation run,
+``model.safetensors`` of a network trained alone): weights plus metadata. Everything here reads
+that file alone, through :func:`transkd.weights.load_model`. Required keys (written by
+:func:`transkd.weights.io.save_model`): ``architecture``, ``num_classes``, ``mean``, ``std``.
+Optional keys the trainer adds and this package uses when present:
 
 - ``dataset`` (str), ``class_names`` (list of str), ``palette`` (list of [r, g, b]);
 - ``void_as_extra_class`` (bool): the last output is the paper's void class and is never predicted;
@@ -15,7 +17,6 @@ Missing names become ``class_<i>`` and a missing palette a generated one, so any
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,12 +25,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, ConfigError
+from ..errors import ConfigError
+from ..inference import is_size
 from ..models.segmentor import IMAGENET_MEAN, IMAGENET_STD
-
-#: Where a run folder keeps its deployable students, in order of preference.
-RUN_FOLDER_STUDENTS = ("best/student.safetensors", "last/student.safetensors", "student.safetensors")
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
+from ..weights.io import class_names_of, load_model, model_file, read_metadata
 
 
 @dataclass
@@ -62,74 +61,22 @@ class Student:
     def std(self) -> tuple[float, ...]:
         return tuple(getattr(self.model, "input_std", IMAGENET_STD))
 
+    @classmethod
+    def load(cls, path: str | Path, device: str | torch.device = "cpu", last: bool = False) -> Student:
+        """The student saved at ``path`` (file or run folder, see :func:`~transkd.weights.load_model`),
+        in eval mode on ``device``, with its classes and colours."""
+        path = model_file(path, last)
+        model = load_model(path, map_location=device).eval()
+        metadata = read_metadata(path) or {}
+        names = class_names_of(metadata, int(model.num_classes))
+        palette, generated = palette_of(metadata, len(names))
+        return cls(model, path, metadata, names, palette, generated)
+
     def describe(self) -> str:
         """``segformer_b0, 19 classes (cityscapes), from runs/x/best/student.safetensors``."""
         dataset = self.metadata.get("dataset")
         where = f" ({dataset})" if dataset else ""
         return f"{self.name}, {self.num_classes} classes{where}, from {self.path}"
-
-
-def resolve_student_path(path: str | Path) -> Path:
-    """The ``student.safetensors`` behind ``path``: the file itself or a run folder's best/last one."""
-    path = Path(path)
-    if path.is_dir():
-        for candidate in RUN_FOLDER_STUDENTS:
-            if (path / candidate).is_file():
-                return path / candidate
-        raise CheckpointError(f"{path} is a folder without a deployable student (looked for "
-                              f"{', '.join(RUN_FOLDER_STUDENTS)})")
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.suffix.lower() in PICKLE_SUFFIXES:
-        raise CheckpointError(f"{path} is a PyTorch checkpoint ({path.suffix}), not a deployable student; "
-                              "use a run's best/student.safetensors ('transkd convert' turns external "
-                              "weights into one)")
-    return path
-
-
-def header_metadata(path: str | Path) -> dict[str, Any] | None:
-    """Decoded metadata of a safetensors file without reading its tensors; None if unreadable."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            raw = handle.metadata() or {}
-    except Exception:  # any damage: load_model gives the one-sentence error
-        return None
-    decoded: dict[str, Any] = {}
-    for key, value in raw.items():
-        try:
-            decoded[key] = json.loads(value)
-        except json.JSONDecodeError:
-            decoded[key] = value
-    return decoded
-
-
-def load_deployable(path: str | Path, device: str | torch.device = "cpu") -> Student:
-    """Rebuild the student saved at ``path`` (file or run folder), in eval mode on ``device``."""
-    from ..weights.io import load_model
-
-    path = resolve_student_path(path)
-    metadata = header_metadata(path)
-    if metadata is not None and "architecture" not in metadata and "student" in metadata:
-        raise CheckpointError(f"{path} holds training-only distillation adapters, not a student; "
-                              "use the student.safetensors next to it")
-    model = load_model(path, map_location=device).eval()
-    metadata = metadata or {}
-    names = class_names_of(metadata, int(model.num_classes))
-    palette, generated = palette_of(metadata, len(names))
-    return Student(model, path, metadata, names, palette, generated)
-
-
-def class_names_of(metadata: dict[str, Any], num_outputs: int) -> tuple[str, ...]:
-    """The predictable classes: the saved names if they fit the outputs, else ``class_<i>``."""
-    names = metadata.get("class_names")
-    if (isinstance(names, list) and 0 < len(names) <= num_outputs
-            and all(isinstance(n, str) for n in names)):
-        return tuple(names)
-    count = num_outputs - 1 if metadata.get("void_as_extra_class") is True and num_outputs > 1 \
-        else num_outputs
-    return tuple(f"class_{i}" for i in range(count))
 
 
 def palette_of(metadata: dict[str, Any], num_classes: int) -> tuple[tuple[tuple[int, int, int], ...], bool]:
@@ -168,11 +115,10 @@ def parse_size(values: Sequence[int] | None, option: str) -> tuple[int, int] | N
     if values is None:
         return None
     size = tuple(values)
-    if len(size) != 2 or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in size):
+    if not is_size(size):
         raise ConfigError(f"{option} must be two positive integers (height width), got "
                           f"{' '.join(map(str, size))}")
     return size
 
 
-__all__ = ["Student", "class_names_of", "generated_palette", "header_metadata", "load_deployable",
-           "palette_of", "parse_size", "resolve_student_path"]
+__all__ = ["Student", "generated_palette", "palette_of", "parse_size"]

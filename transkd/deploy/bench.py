@@ -27,6 +27,10 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError
+from ..models import create_model, list_models
+from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
+from . import Student
+from .export import export_onnx, onnx_session
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 
@@ -98,8 +102,6 @@ def _compiled(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -
 
 
 def _onnxruntime(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
-    from .export import export_onnx, onnx_session
-
     path = Path(options["workdir"]) / "model.onnx"
     export_onnx(model, path, input_size=images.shape[-2:], exporter=options["exporter"],
                 check_sizes=[tuple(images.shape[:1]) + tuple(images.shape[-2:])],
@@ -127,8 +129,6 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
     Returns a JSON-ready dict: the setting (model, input, batch, threads, load average), the
     FLOPs per forward, the matmul peak and one row per backend.
     """
-    from ..profile import FLOPS_CONVENTION, count_flops_total
-
     height, width = _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size)
     model.eval().cpu()
     images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -158,6 +158,27 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
                     "load_average_before": load_before, "load_average_after": _load_average(),
                     "torch": torch.__version__, "onnxruntime": _onnxruntime_version()},
     }
+
+
+def bench_target(target: str | Path, *, num_classes: int | None = None, last: bool = False,
+                 **options: Any) -> dict[str, Any]:
+    """What ``transkd bench`` runs: :func:`bench_model` on a saved student (file or run folder;
+    ``last``: its last network) or on a registered model built by name with random weights
+    (``num_classes`` outputs, default 20)."""
+    if Path(target).exists():
+        if num_classes is not None:
+            raise ConfigError(f"--num-classes applies to model names only; {target} carries its own")
+        student = Student.load(target, last=last)
+        return bench_model(student.model, source=f"weights from {student.path}", **options)
+    segmentors = list_models(kind="segmentor")
+    if target not in segmentors:
+        raise ConfigError(f"{target} is neither an existing file nor a model name; known models: "
+                          f"{', '.join(segmentors)}")
+    classes = DEFAULT_NUM_CLASSES if num_classes is None else num_classes
+    if classes < 1:
+        raise ConfigError(f"--num-classes must be at least 1, got {classes}")
+    return bench_model(create_model(str(target), num_classes=classes), source="random weights (a model "
+                       "name was given; speed does not depend on the weight values)", **options)
 
 
 def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size) -> tuple[int, int]:
@@ -206,7 +227,7 @@ def _load_average() -> list[float] | None:
 
 def _onnxruntime_version() -> str | None:
     try:
-        import onnxruntime
+        import onnxruntime  # deferred: an optional dependency (the onnx extra)
     except ImportError:
         return None
     return onnxruntime.__version__

@@ -19,12 +19,13 @@ means no file is written.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import logging
 import math
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, TranskdError
+from ..inference import is_size
+from ..jsonsafe import json_safe
 from ..weights.io import atomic_write, save_model
 from . import Student
 
@@ -66,6 +69,7 @@ class ExportResult:
     exporter: str | None = None
     opset: int | None = None
     export_size: tuple[int, int] | None = None
+    size_reason: str = ""
     tolerance: float | None = None
     checks: list[ParityCheck] = field(default_factory=list)
     seconds: float = 0.0
@@ -128,8 +132,6 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
 
 
 def _require_onnx_packages(exporter: str) -> None:
-    import importlib.util
-
     needed = ["onnx", "onnxruntime"] + (["onnxscript"] if exporter == "dynamo" else [])
     missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
@@ -201,10 +203,10 @@ def _export_graph(model: nn.Module, sample: torch.Tensor, path: str, exporter: s
 
 def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -> int:
     """Store the student's metadata in the graph; returns the default-domain opset."""
-    import onnx
+    import onnx  # deferred: an optional dependency (the onnx extra)
 
     graph = onnx.load(path)
-    props = {key: json.dumps(value) for key, value in (metadata or {}).items()}
+    props = {key: json.dumps(json_safe(value)) for key, value in (metadata or {}).items()}
     props.update(
         input=f"{INPUT_NAME}: float32 (batch, 3, height, width), RGB scaled to [0, 1] then normalised "
               "with 'mean'/'std'",
@@ -221,7 +223,7 @@ def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -
 
 def onnx_session(path: str | Path, threads: int | None = None):
     """An onnxruntime CPU session; ``threads`` fixes the intra-op thread count."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: an optional dependency (the onnx extra)
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -257,9 +259,50 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequen
     return checks
 
 
+#: The example input when neither the caller nor the student's metadata gives a size.
+DEFAULT_EXPORT_SIZE = (512, 1024)
+
+
+def training_input_size(metadata: dict[str, Any]) -> tuple[tuple[int, int], str]:
+    """(height, width) the student was trained at, from its metadata, and where that came from:
+    the standard protocol's training crop or the paper protocol's fixed image size; else
+    :data:`DEFAULT_EXPORT_SIZE`."""
+    protocol = metadata.get("protocol_options")
+    if isinstance(protocol, dict):
+        crop, image = protocol.get("crop_size"), protocol.get("image_size")
+        if protocol.get("name") == "standard" and is_size(crop):
+            return (int(crop[0]), int(crop[1])), "the training crop size in the student's metadata"
+        if protocol.get("name") == "paper" and is_size(image):
+            return (int(image[0]), int(image[1])), "the training image size in the student's metadata"
+    resize = metadata.get("resize")
+    if isinstance(resize, dict) and is_size(resize.get("size")):
+        return (int(resize["size"][0]), int(resize["size"][1])), \
+            "the input size in the student's metadata"
+    return DEFAULT_EXPORT_SIZE, "the default: the student's metadata records no fixed training size"
+
+
+def export_input_size(metadata: dict[str, Any], given: Sequence[int | None] | None
+                      ) -> tuple[tuple[int, int], str]:
+    """The example input's (height, width): ``given``, a missing side (None) or size taken from
+    :func:`training_input_size`; and why."""
+    trained, why = training_input_size(metadata)
+    given = tuple(given) if given is not None else (None, None)
+    size = tuple(trained[i] if given[i] is None else given[i] for i in range(2))
+    if given != (None, None):
+        why = "as given" if None not in given else f"as given, the other side from {why}"
+    if not is_size(size):
+        raise ConfigError(f"--input-size must be two positive integers (height width), got "
+                          f"{size[0]} {size[1]}")
+    return size, why
+
+
 def export_student(student: Student, path: str | Path, *, format: str | None = None,
-                   **onnx_options: Any) -> ExportResult:
-    """Export a loaded student as ``format`` ("onnx", "safetensors"; default from the file suffix)."""
+                   input_size: Sequence[int | None] | None = None, **onnx_options: Any) -> ExportResult:
+    """Export a loaded student as ``format`` ("onnx", "safetensors"; default from the file suffix).
+
+    The ONNX example input is ``input_size`` (height, width); a missing side (None) or a missing
+    size is the size the student was trained at (:func:`training_input_size`).
+    """
     path = Path(path)
     format = format or ("safetensors" if path.suffix.lower() == ".safetensors" else "onnx")
     if format not in FORMATS:
@@ -269,8 +312,33 @@ def export_student(student: Student, path: str | Path, *, format: str | None = N
         start = time.perf_counter()
         saved = save_model(student.model, _output_file(path), **extra)
         return ExportResult(saved, "safetensors", seconds=time.perf_counter() - start)
+    size, why = export_input_size(student.metadata, input_size)
     metadata = {"architecture": student.name, "num_classes": int(student.model.num_classes),
                 "mean": list(student.mean), "std": list(student.std),
                 "class_names": list(student.class_names), "palette": [list(c) for c in student.palette],
                 **{k: v for k, v in extra.items() if k not in ("class_names", "palette")}}
-    return export_onnx(student.model, path, metadata=metadata, **onnx_options)
+    result = export_onnx(student.model, path, metadata=metadata, input_size=size, **onnx_options)
+    result.size_reason = why
+    return result
+
+
+def export_model(model: str | Path, output: str | Path, *, last: bool = False,
+                 format: str | None = None, input_size: Sequence[int | None] | None = None,
+                 check_sizes: Sequence[Sequence[int]] | None = None,
+                 announce: Callable[[str], None] | None = None, **onnx_options: Any) -> ExportResult:
+    """What ``transkd export`` runs: load the student at ``model`` (file or run folder; ``last``:
+    its last network) and export it with :func:`export_student`. ``announce`` hears which student
+    was loaded before the (long) export starts."""
+    if check_sizes and any(v < 1 for triple in check_sizes for v in triple):
+        raise ConfigError("--check-size takes three positive integers (batch height width)")
+    student = Student.load(model, last=last)
+    if announce is not None:
+        announce(f"student: {student.describe()}")
+    if (format or ("safetensors" if str(output).lower().endswith(".safetensors") else "onnx")) != "onnx":
+        return export_student(student, output, format=format)
+    size, why = export_input_size(student.metadata, input_size)
+    if announce is not None:
+        announce(f"input size: {size[0]}x{size[1]} ({why})")
+    checks = [tuple(triple) for triple in check_sizes] if check_sizes else None
+    return export_student(student, output, format=format, input_size=size, check_sizes=checks,
+                          **onnx_options)

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+from tqdm import tqdm
 
 from ..data.transforms import Normalize, Resize, resize_image
-from ..engine.evaluate import InferenceOptions, predict_logits
 from ..errors import CheckpointError, ConfigError
+from ..inference import InferenceOptions, is_size, predict_logits
 from ..weights.io import atomic_write
 from . import Student
 
@@ -160,8 +161,7 @@ def resize_from_metadata(metadata: dict[str, Any], source: str = "the student") 
         key, value = next(iter(saved.items()))
         if key == "short_side" and _positive_int(value):
             return ResizeSpec(short_side=value)
-        if key in ("size", "scale") and isinstance(value, list) and len(value) == 2 \
-                and all(_positive_int(v) for v in value):
+        if key in ("size", "scale") and isinstance(value, list) and is_size(value):
             return ResizeSpec(**{key: (value[0], value[1])})
     raise CheckpointError(f"{source} has an invalid 'resize' metadata entry {saved!r}; expected "
                           "{'short_side': N}, {'size': [H, W]}, {'scale': [long, short]} or null")
@@ -221,7 +221,7 @@ class PredictOptions:
 
 
 def _size_or_none(value: Any) -> tuple[int, int] | None:
-    if isinstance(value, list) and len(value) == 2 and all(_positive_int(v) for v in value):
+    if isinstance(value, list) and is_size(value):
         return value[0], value[1]
     return None
 
@@ -321,6 +321,8 @@ class PredictResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     resize: str = ""
     inference: str = ""
+    device: str = ""
+    inputs: int = 0
 
 
 SkipHandler = Callable[[Path, str], None]
@@ -338,8 +340,6 @@ def predict_files(student: Student, inputs: Sequence[InputImage], output_dir: st
     Consecutive images with the same original and network size share a batch of up to
     ``options.batch_size`` (memory grows with batch × classes × original pixels).
     """
-    from tqdm import tqdm
-
     options = (options or PredictOptions()).validate()
     on_skip = on_skip or _warn_skip
     resize, inference = options.resize_for(student), options.inference_for(student)
@@ -404,3 +404,38 @@ def _write_legend(student: Student, output_dir: Path, resize: ResizeSpec, result
     }
     text = json.dumps(legend, indent=2) + "\n"
     atomic_write(output_dir / "classes.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def resolve_device(name: str = "auto") -> str:
+    """``auto`` (cuda if available, else cpu) or a named device that torch can use."""
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device} asks for a GPU but torch sees no CUDA device")
+    return device
+
+
+def predict_images(model: str | Path, inputs: Sequence[str | Path], output_dir: str | Path,
+                   options: PredictOptions | None = None, *, device: str = "auto", last: bool = False,
+                   recursive: bool = False, on_skip: SkipHandler | None = None, progress: bool = False,
+                   announce: Callable[[str], None] | None = None) -> PredictResult:
+    """What ``transkd predict`` runs: load the student at ``model`` (file or run folder), collect
+    ``inputs`` (files, folders, glob patterns) and write masks and overlays to ``output_dir``.
+
+    ``announce`` hears which student was loaded before the (long) prediction starts.
+    """
+    options = (options or PredictOptions()).validate()
+    output = Path(output_dir)
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is an existing file; give a folder for the predictions")
+    if options.stride is not None and options.mode == "whole":
+        raise ConfigError("--stride applies to --mode slide only")
+    images = collect_inputs(inputs, recursive=recursive)
+    device = resolve_device(device)
+    student = Student.load(model, device=device, last=last)
+    if announce is not None:
+        announce(f"student: {student.describe()}")
+        if student.palette_generated:
+            announce("colours: generated palette (the student file carries none)")
+    result = predict_files(student, images, output, options, on_skip=on_skip, progress=progress)
+    result.device, result.inputs = device, len(images)
+    return result

@@ -9,10 +9,8 @@ e.g. ``transkd_base+kd``). The deployable student stays a plain model: ``distill
 from __future__ import annotations
 
 import abc
-import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -168,19 +166,6 @@ class Distiller(nn.Module):
         terms["loss"] = torch.stack(list(terms.values())).sum()
         terms["logits"] = student_out.logits
         return terms
-
-    def save(self, directory: str | os.PathLike) -> tuple[Path, Path | None]:
-        """Write ``student.safetensors`` (deployable) and ``adapters.safetensors`` separately."""
-        from ..weights.io import save_model, save_state_dict
-
-        directory = Path(directory)
-        student_path = save_model(self.student, directory / "student.safetensors")
-        adapter_path = None
-        if self.methods:
-            adapter_path = save_state_dict(
-                self.methods.state_dict(), directory / "adapters.safetensors",
-                {"method": self.method_name, "student": getattr(self.student, "model_name", "")})
-        return student_path, adapter_path
 
 
 def freeze(model: nn.Module) -> nn.Module:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -21,7 +20,7 @@ from ..data.protocols import TransformedDataset, build_transform, class_weights
 from ..distill import Distiller, create_distiller, cross_entropy_loss
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model, get_entry
-from ..weights.io import load_model, load_state_strict, read_safetensors
+from ..weights.io import load_model, load_state_strict, model_file, read_safetensors
 
 
 @dataclass
@@ -125,8 +124,10 @@ def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:
     path = config.teacher.weights
     if path is None:
         raise ConfigError("config key 'teacher.weights' must name the teacher's .safetensors file")
-    if not Path(path).is_file():
-        raise ConfigError(f"teacher.weights {path} does not exist")
+    try:
+        model_file(path)
+    except FileNotFoundError:
+        raise ConfigError(f"teacher.weights {path} does not exist") from None
     teacher = load_model(path)
     if config.teacher.name is not None and teacher.model_name != config.teacher.name:
         raise CheckpointError(f"teacher.weights {path} holds a {teacher.model_name} but "

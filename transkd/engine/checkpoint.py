@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..weights.io import atomic_write, save_model, save_state_dict
+from ..weights.io import atomic_write, deployable_file_name, save_model, save_state_dict
 
 CHECKPOINT_FORMAT = "transkd-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -178,12 +178,13 @@ def _first_line(exc: BaseException) -> str:
 
 def export_weights(student: nn.Module, adapters: nn.Module | None, directory: str | Path,
                    metadata: dict[str, Any]) -> Path:
-    """Write the deployable ``student.safetensors`` (+ ``adapters.safetensors`` if any)."""
+    """Write the deployable network (+ ``adapters.safetensors`` if any): ``student.safetensors``
+    when distilled (``adapters`` given), ``model.safetensors`` when trained alone."""
     directory = Path(directory)
     bad = non_finite_tensors(student.state_dict())
     if bad:
         raise CheckpointError(f"refusing to export {directory}: student weight {bad[0]} is not finite")
-    path = save_model(student, directory / "student.safetensors", **metadata)
+    path = save_model(student, directory / deployable_file_name(adapters is not None), **metadata)
     if adapters is not None and len(list(adapters.parameters())) > 0:
         save_state_dict(adapters.state_dict(), directory / "adapters.safetensors",
                         {"student": getattr(student, "model_name", ""), **metadata})

@@ -17,15 +17,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    return value
+from ..jsonsafe import json_safe
 
 
 class MetricsLogger:
@@ -49,7 +41,7 @@ class MetricsLogger:
             return
         values.pop("step", None)
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
         if self._writer is not None:
             for key, value in values.items():

@@ -11,8 +11,9 @@ new files, and ``config.yaml`` goes back to what it was). Run folder layout::
     RUN/tensorboard/            TensorBoard event files
     RUN/checkpoints/last.pt     resumable state (``--resume auto`` or ``--resume RUN``)
     RUN/checkpoints/previous.pt the checkpoint before it (used if last.pt is damaged)
-    RUN/best/student.safetensors  the deployable student at its best validation mIoU
-    RUN/last/student.safetensors  ... at the end (adapters.safetensors next to it if any)
+    RUN/best/model.safetensors  the deployable network at its best validation mIoU (student.safetensors
+                                when distilled, with adapters.safetensors next to it if any)
+    RUN/last/model.safetensors  ... at the end
     RUN/summary.json            final numbers and where everything went
 """
 

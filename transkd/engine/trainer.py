@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..distill import Distiller
 from ..errors import TranskdError
+from ..jsonsafe import json_safe
 from ..weights.io import load_state_strict
 from .checkpoint import (
     capture_rng_state,
@@ -154,7 +155,7 @@ class Trainer:
     """Runs one training job on an assembled Distiller and datasets.
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
-    ``metadata`` is written into the exported ``student.safetensors`` (dataset classes, palette,
+    ``metadata`` is written into the exported deployable network (dataset classes, palette,
     protocol) so the file alone is enough for prediction.
     """
 
@@ -474,7 +475,7 @@ class Trainer:
         meta = dict(self.metadata)
         meta.update(step=self.position.step, epoch=self.position.epoch)
         if self.last_val is not None:
-            meta["val_miou"] = _finite_or_none(self.last_val["miou"])
+            meta["val_miou"] = json_safe(self.last_val["miou"])
         adapters = self.distiller.methods if len(self.distiller.methods) else None
         return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
 
@@ -533,7 +534,7 @@ class Trainer:
             "last_weights": str(result.last_weights) if result.last_weights else None,
             **{k: v for k, v in self.metadata.items() if k not in ("palette",)},
         }
-        text = json.dumps(_json_clean(summary), indent=2)
+        text = json.dumps(json_safe(summary), indent=2)
         (self.run_dir / "summary.json").write_text(text + "\n", encoding="utf-8")
 
 
@@ -552,19 +553,3 @@ def _better(value: float, best: float) -> bool:
     if math.isnan(value):
         return False
     return math.isnan(best) or value > best
-
-
-def _finite_or_none(value: float) -> float | None:
-    return value if isinstance(value, float) and math.isfinite(value) else None
-
-
-def _json_clean(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _json_clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_clean(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value

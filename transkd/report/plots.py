@@ -7,12 +7,12 @@ come from :mod:`transkd.engine.visualize`.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..jsonsafe import is_finite_number
 from ..weights.io import atomic_write
 
 #: Fields of a ``train`` record that are bookkeeping, not loss terms.
@@ -22,6 +22,7 @@ DPI = 110
 
 
 def _pyplot():
+    # deferred: matplotlib is slow to import and only figures need it
     import matplotlib
 
     matplotlib.use("Agg")
@@ -30,13 +31,10 @@ def _pyplot():
     return plt
 
 
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
 
 def _integer_ticks(ax) -> None:
     """Steps and epochs are whole numbers: no 1.25 ticks on short runs."""
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator  # deferred with matplotlib, see _pyplot
 
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
@@ -68,7 +66,7 @@ def loss_series(records: Iterable[Mapping[str, Any]]) -> dict[str, list[tuple[in
         if record.get("kind") != "train":
             continue
         for key, value in record.items():
-            if key not in NON_LOSS_FIELDS and _finite(value):
+            if key not in NON_LOSS_FIELDS and is_finite_number(value):
                 series.setdefault(key, []).append((record["step"], float(value)))
     if "loss" in series:
         series = {"loss": series.pop("loss"), **series}
@@ -80,7 +78,7 @@ def plot_loss_terms(records: Sequence[Mapping[str, Any]], path: str | Path, titl
     series = loss_series(records)
     if not series:
         return None
-    lr = [(r["step"], r["lr"]) for r in records if r.get("kind") == "train" and _finite(r.get("lr"))]
+    lr = [(r["step"], r["lr"]) for r in records if r.get("kind") == "train" and is_finite_number(r.get("lr"))]
     plt = _pyplot()
     fig, (loss_ax, lr_ax) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [2.2, 1]})
     for name, points in series.items():
@@ -138,7 +136,7 @@ def plot_class_iou(class_names: Sequence[str], ious: Mapping[str, Sequence[float
     for index, run in enumerate(runs):
         values = list(ious[run]) + [None] * (len(class_names) - len(ious[run]))
         positions = [c - 0.4 + bar * (index + 0.5) for c in range(len(class_names))]
-        kept = [(p, 100 * v) for p, v in zip(positions, values) if _finite(v)]
+        kept = [(p, 100 * v) for p, v in zip(positions, values) if is_finite_number(v)]
         if kept:
             ax.barh(*zip(*kept), height=bar, label=run)
     ax.set_yticks(range(len(class_names)), labels=list(class_names), fontsize=8)

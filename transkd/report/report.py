@@ -1,7 +1,7 @@
 """A report on one or several run folders: ``REPORT.md`` and a self-contained ``report.html``.
 
 The runs are read from what the engine leaves behind (``config.yaml``, ``metrics.jsonl``,
-``summary.json``, ``best/student.safetensors``); nothing is retrained. The report holds a comparison
+``summary.json``, the deployable network in ``best/``); nothing is retrained. The report holds a comparison
 table (best val mIoU, gap closed, params, MACs, wall time), mIoU and loss curves, per-class IoU,
 sample predictions and each resolved config; every number says how it was measured.
 """
@@ -16,7 +16,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .. import __version__
+from ..engine.run import protocol_description
+from ..engine.visualize import save_predictions
 from ..errors import ConfigError, TranskdError
+from ..profile import MACS_CONVENTION
+from ..weights.io import load_model
 from . import plots
 from .document import (
     Block,
@@ -30,13 +35,11 @@ from .document import (
     render_markdown,
 )
 from .runs import (
-    STUDENT_FILES,
     TEACHER,
     Gap,
     Run,
     ValidationData,
     assign_roles,
-    class_names_of,
     collect_run_dirs,
     gap_closed,
     giga,
@@ -45,6 +48,7 @@ from .runs import (
     millions,
     ordered,
     percent,
+    run_class_names,
     run_names,
     size_text,
     slug,
@@ -72,8 +76,6 @@ class _Columns:
 
 
 def comparison_section(runs: Sequence[Run]) -> list[Block]:
-    from ..profile import MACS_CONVENTION
-
     gaps = {r.name: gap_closed(r, runs) for r in runs if r.config.method_names}
     columns = _Columns(evaluation=_common(r.evaluation for r in runs),
                        macs_input=_common(_macs_input(r) for r in runs),
@@ -207,9 +209,6 @@ def class_iou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
 def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData,
                         samples: int) -> tuple[list[Block], list[str]]:
     """Image | ground truth | each run's best network, on the first validation images."""
-    from ..engine.visualize import save_predictions
-    from ..weights.io import load_model
-
     blocks: list[Block] = [Heading("Sample predictions")]
     if samples == 0:
         return blocks + [Paragraph("Skipped (--samples 0).")], []
@@ -219,8 +218,8 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
         dataset, reason = data.get(run)
         if dataset is None:
             notes.append(f"{run.name}: validation data not available ({reason})")
-        elif run.student_file is None:
-            notes.append(f"{run.name}: no {' or '.join(STUDENT_FILES)} to predict with")
+        elif run.model_file is None:
+            notes.append(f"{run.name}: no deployable network in best/ or last/ to predict with")
         else:
             key = data.key(run) + json.dumps(run.config.protocol.to_dict(), sort_keys=True, default=str)
             groups.setdefault(key, []).append(run)
@@ -230,9 +229,9 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
         models = {}
         for run in members:
             try:
-                models[run.name] = load_model(run.student_file)
+                models[run.name] = load_model(run.model_file)
             except (TranskdError, OSError) as exc:
-                notes.append(f"{run.name}: {run.student_file} cannot be loaded ({exc})")
+                notes.append(f"{run.name}: {run.model_file} cannot be loaded ({exc})")
         if not models:
             continue
         indices = spread(samples, len(dataset))
@@ -243,8 +242,6 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
                              dataset.num_classes, ignore_index=first.config.protocol.ignore_index)
             grid = Path(staging) / "grid.png"
             plots.write_atomically(target, lambda tmp, src=grid: shutil.copyfile(src, tmp))
-        from ..engine.run import protocol_description
-
         words = protocol_description(first.config)
         blocks.append(Figure(target, f"{len(indices)} {first.config.data.name} "
                                      f"{first.config.data.val_split} image(s) spread over the split "
@@ -344,15 +341,13 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     say = announce or (lambda _message: None)
     data = ValidationData()
     for run in runs:
-        run.class_names = class_names_of(run)
+        run.class_names = run_class_names(run)
     say(f"measuring params and MACs of {len(runs)} run(s)")
     measure_sizes(runs, data)
     assign_roles(runs)
     runs = ordered(runs)
     output = prepare_output(output)
     figures = output / FIGURES_NAME
-    from .. import __version__
-
     title = "Training report: " + ", ".join(r.name for r in runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     blocks: list[Block] = [

@@ -1,7 +1,7 @@
 """Run folders as the report sees them: discovery, loading, roles, sizes, the gap closed.
 
 A run is a folder with ``config.yaml`` and ``metrics.jsonl`` (``summary.json`` and
-``best/student.safetensors`` when it finished). Roles come from the configs: a run with a
+the deployable network in ``best/`` when it finished). Roles come from the configs: a run with a
 distillation method is that method; among plain runs, the network some method distilled from (or
 the bigger one) is the teacher and the network a method distilled into (or the smaller one) is the
 plain student. A method's share of the teacher–student gap closed is
@@ -18,11 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+from safetensors import safe_open
+
 from ..config import Config, config_from_dict, read_yaml
+from ..data import build_dataset
+from ..data.datasets.registry import dataset_class
+from ..data.protocols import TransformedDataset, build_transform
+from ..engine.logging import read_metrics
+from ..engine.run import protocol_description
 from ..errors import ConfigError, TranskdError
+from ..jsonsafe import is_finite_number
+from ..models import create_model
+from ..profile import count_macs_conv_linear, count_params, eval_mode
+from ..weights.io import RUN_FOLDER_FILES, read_metadata
 
 RUN_FILES = ("config.yaml", "metrics.jsonl")
-STUDENT_FILES = ("best/student.safetensors", "last/student.safetensors")
+MODEL_FILES = tuple(f for f in RUN_FOLDER_FILES if "/" in f)
 TEACHER, STUDENT, PLAIN = "teacher", "student", "plain"
 #: Buffers of BatchNorm layers: saved with the adapters, but not parameters.
 _BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
@@ -60,18 +72,18 @@ class Run:
         return self.config.train.epochs is not None
 
     @property
-    def student_file(self) -> Path | None:
+    def model_file(self) -> Path | None:
         """The deployable network at its best validation score (else the last one)."""
-        return next((self.path / f for f in STUDENT_FILES if (self.path / f).is_file()), None)
+        return next((self.path / f for f in MODEL_FILES if (self.path / f).is_file()), None)
 
     def val_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == "val" and _finite(r.get("miou"))]
+        return [r for r in self.records if r.get("kind") == "val" and is_finite_number(r.get("miou"))]
 
     @property
     def best(self) -> dict[str, Any] | None:
         """The best validation record (summary.json's, else the best one in metrics.jsonl)."""
         saved = (self.summary or {}).get("best")
-        if isinstance(saved, dict) and _finite(saved.get("miou")):
+        if isinstance(saved, dict) and is_finite_number(saved.get("miou")):
             return saved
         return max(self.val_records(), key=lambda r: r["miou"], default=None)
 
@@ -83,10 +95,10 @@ class Run:
     def teacher_val(self) -> dict[str, Any] | None:
         """The teacher's own score, evaluated once when this distillation started."""
         saved = (self.summary or {}).get("teacher_val")
-        if isinstance(saved, dict) and _finite(saved.get("miou")):
+        if isinstance(saved, dict) and is_finite_number(saved.get("miou")):
             return saved
         return next((r for r in self.records if r.get("kind") == "teacher_val"
-                     and _finite(r.get("miou"))), None)
+                     and is_finite_number(r.get("miou"))), None)
 
     @property
     def teacher_model(self) -> str | None:
@@ -99,16 +111,12 @@ class Run:
             return self.summary["teacher"]
         weights = self.config.teacher.weights
         if weights and Path(weights).is_file():
-            from ..deploy import header_metadata
-
-            return (header_metadata(weights) or {}).get("architecture")
+            return (read_metadata(weights) or {}).get("architecture")
         return None
 
     @property
     def evaluation(self) -> str:
         """What the mIoU means: split, protocol, input size, metric resolution, inference."""
-        from ..engine.run import protocol_description
-
         words = protocol_description(self.config)
         return (f"{self.config.data.name} {self.config.data.val_split}, protocol {words['protocol']}, "
                 f"input {words['input_size']}, metric at {words['metric_resolution']}, "
@@ -118,14 +126,11 @@ class Run:
     def wall_seconds(self) -> tuple[float | None, bool]:
         """(seconds of the training loop, whether it is an estimate from record timestamps)."""
         saved = (self.summary or {}).get("train_seconds")
-        if _finite(saved):
+        if is_finite_number(saved):
             return float(saved), False
-        times = [r["time"] for r in self.records if _finite(r.get("time"))]
+        times = [r["time"] for r in self.records if is_finite_number(r.get("time"))]
         return (max(times) - min(times), True) if len(times) > 1 else (None, True)
 
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def is_run_dir(path: Path) -> bool:
@@ -164,8 +169,6 @@ def collect_run_dirs(paths: Sequence[str | Path]) -> tuple[list[Path], Path | No
 def load_run(path: Path, name: str) -> Run:
     """Read a run folder; a damaged config or metrics file is one sentence naming it."""
     config_path, metrics_path = path / "config.yaml", path / "metrics.jsonl"
-    from ..engine.logging import read_metrics
-
     try:
         config = config_from_dict(read_yaml(config_path))
     except ConfigError as exc:
@@ -190,19 +193,15 @@ def run_names(paths: Sequence[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
 
 
-def class_names_of(run: Run) -> tuple[str, ...]:
+def run_class_names(run: Run) -> tuple[str, ...]:
     """Class names from summary.json, the saved student, or the dataset class, in that order."""
     saved = (run.summary or {}).get("class_names")
     if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
         return tuple(saved)
-    if run.student_file is not None:
-        from ..deploy import header_metadata
-
-        saved = (header_metadata(run.student_file) or {}).get("class_names")
+    if run.model_file is not None:
+        saved = (read_metadata(run.model_file) or {}).get("class_names")
         if isinstance(saved, list) and saved and all(isinstance(n, str) for n in saved):
             return tuple(saved)
-    from ..data.datasets.registry import dataset_class
-
     try:
         names = tuple(dataset_class(run.config.data.name).class_names)
     except ConfigError:
@@ -231,8 +230,6 @@ class ValidationData:
         """(raw validation dataset or None, why it is not available)."""
         key = self.key(run)
         if key not in self._opened:
-            from ..data import build_dataset
-
             data = run.config.data
             try:
                 dataset = build_dataset(data.name, data.root, split=data.val_split,
@@ -245,8 +242,6 @@ class ValidationData:
 
     def transformed(self, run: Run):
         """The validation split through the run's evaluation pipeline, or None."""
-        from ..data.protocols import TransformedDataset, build_transform
-
         dataset, _ = self.get(run)
         if dataset is None:
             return None
@@ -271,9 +266,6 @@ def network_input(run: Run, data: ValidationData) -> tuple[tuple[int, int] | Non
 
 def measure_sizes(runs: Sequence[Run], data: ValidationData) -> None:
     """Params and MACs (paper convention) of each run's deployed network at its input size."""
-    from ..models import create_model
-    from ..profile import count_params
-
     cache: dict[str, tuple[int, int | None, str]] = {}
     for run in runs:
         outputs = run.config.protocol.num_outputs(len(run.class_names))
@@ -294,10 +286,6 @@ def measure_sizes(runs: Sequence[Run], data: ValidationData) -> None:
 
 def count_macs(model, size: tuple[int, int]) -> tuple[int | None, str]:
     """Paper-convention MACs of one (1, 3, H, W) forward pass, or None and torch's reason."""
-    import torch
-
-    from ..profile import count_macs_conv_linear, eval_mode
-
     try:
         with eval_mode(model):
             return count_macs_conv_linear(model, torch.zeros(1, 3, *size)).total, ""
@@ -308,8 +296,6 @@ def count_macs(model, size: tuple[int, int]) -> tuple[int | None, str]:
 
 def adapter_params(run: Run) -> int | None:
     """Parameters of the training-only distillation modules saved next to the student."""
-    from safetensors import safe_open
-
     for folder in ("best", "last"):
         path = run.path / folder / "adapters.safetensors"
         if path.is_file():
@@ -338,7 +324,7 @@ def assign_roles(runs: Sequence[Run]) -> None:
         if run.config.method_names:
             run.role = run.method
             continue
-        files = {(run.path / f).resolve() for f in STUDENT_FILES if (run.path / f).is_file()}
+        files = {(run.path / f).resolve() for f in MODEL_FILES if (run.path / f).is_file()}
         others = [o.params for o in runs if o is not run and o.params is not None]
         if files & teacher_files or (run.network in teacher_models and run.network not in student_models):
             run.role = TEACHER
@@ -379,7 +365,7 @@ def gap_closed(method: Run, runs: Sequence[Run]) -> Gap:
         return Gap(None, f"{method.name}: no teacher run with the same evaluation among the runs, "
                          "so no gap share")
     values = (method.best_miou, student.best_miou, teacher_miou)
-    if not all(_finite(v) for v in values):
+    if not all(is_finite_number(v) for v in values):
         return Gap(None, f"{method.name}: a run has no validation score yet, so no gap share")
     ours, base, top = values
     if top <= base:
@@ -402,7 +388,7 @@ def ordered(runs: Sequence[Run]) -> list[Run]:
 # --------------------------------------------------------------------------- formatting
 
 def percent(value: Any) -> str:
-    return f"{100 * value:.2f}" if _finite(value) else "n/a"
+    return f"{100 * value:.2f}" if is_finite_number(value) else "n/a"
 
 
 def millions(value: int | None) -> str:

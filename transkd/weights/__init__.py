@@ -1,4 +1,5 @@
-"""Weights in and out: safetensors I/O and key maps from other codebases."""
+"""Weights in and out: safetensors I/O, loading a saved network, key maps from other codebases,
+importing foreign checkpoints and writing Hugging Face folders."""
 
 from .convert import (
     ConvertedState,
@@ -9,16 +10,22 @@ from .convert import (
     read_weights,
     unwrap_state_dict,
 )
+from .hf import write_hf_folder
+from .importer import ImportResult, import_checkpoint
 from .io import (
     atomic_write,
+    class_names_of,
     load_model,
     load_state_strict,
+    model_file,
+    read_metadata,
     read_safetensors,
     save_model,
     save_state_dict,
     torch_load_tensors,
 )
 
-__all__ = ["ConvertedState", "atomic_write", "convert_state_dict", "detect_format", "export_state_dict",
-           "load_converted", "load_model", "load_state_strict", "read_safetensors", "read_weights",
-           "save_model", "save_state_dict", "torch_load_tensors", "unwrap_state_dict"]
+__all__ = ["ConvertedState", "ImportResult", "atomic_write", "class_names_of", "convert_state_dict",
+           "detect_format", "export_state_dict", "import_checkpoint", "load_converted", "load_model",
+           "load_state_strict", "model_file", "read_metadata", "read_safetensors", "read_weights",
+           "save_model", "save_state_dict", "torch_load_tensors", "unwrap_state_dict", "write_hf_folder"]

@@ -33,6 +33,8 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.heads import SegFormerHead, SemanticFPNHead
+from ..models.mit import HierarchicalEncoder
 from .io import load_state_strict, read_safetensors, torch_load_tensors
 
 logger = logging.getLogger(__name__)
@@ -77,7 +79,6 @@ def _conv_to_linear(tensors: Tensors) -> Tensors:
 @dataclass(frozen=True)
 class _Group:
     """Our tensors ``ours`` correspond to foreign tensors ``theirs`` through two inverse maps."""
-
     ours: tuple[str, ...]
     theirs: tuple[str, ...]
     to_ours: Callable[[Tensors], Tensors] = _same
@@ -211,7 +212,6 @@ def _transkd_names(module: str, upsampling: list[bool]) -> _MapResult:
 @dataclass(frozen=True)
 class _Target:
     """Our state in canonical (segmentor) naming, and what kind of network it belongs to."""
-
     state: dict[str, torch.Tensor]
     is_encoder: bool
     head: str | None  # "segformer", "fpn" or None
@@ -220,8 +220,6 @@ class _Target:
 
 
 def _describe_target(model: nn.Module) -> _Target:
-    from ..models.heads import SegFormerHead, SemanticFPNHead
-    from ..models.mit import HierarchicalEncoder
 
     name = getattr(model, "model_name", type(model).__name__)
     if isinstance(model, HierarchicalEncoder):
@@ -502,6 +500,7 @@ def load_converted(model: nn.Module, checkpoint, source: str = "auto", *,
 def installed_hf_layout() -> str:
     """The Segformer layout of the installed transformers; the 4.x one if it is not installed."""
     try:
+        # deferred: transformers is optional and slow to import
         from transformers.models.segformer import modeling_segformer
     except ImportError:
         return "legacy"

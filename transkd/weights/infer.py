@@ -28,6 +28,9 @@ from typing import Any
 import torch
 
 from ..errors import CheckpointError, ConfigError
+from ..models import IMAGENET_MEAN, IMAGENET_STD, get_entry, list_models
+from ..models.mit import MIT_CONFIGS
+from ..models.pvtv2 import PVTV2_CONFIGS
 from .convert import (
     FORMATS,
     _canonical_key,
@@ -319,10 +322,6 @@ def hf_class_names(config: Mapping[str, Any]) -> list[str] | None:
 
 def encoder_configs() -> dict:
     """Registered encoder name → its :class:`~transkd.models.EncoderConfig`."""
-    from ..models import list_models
-    from ..models.mit import MIT_CONFIGS
-    from ..models.pvtv2 import PVTV2_CONFIGS
-
     known = {**MIT_CONFIGS, **PVTV2_CONFIGS}
     return {name: known[name] for name in list_models(kind="encoder") if name in known}
 
@@ -330,8 +329,6 @@ def encoder_configs() -> dict:
 def encoder_of(name: str) -> str:
     """The encoder a registered model is built on: ``segformer_b2`` → ``mit_b2``,
     ``pvtv2_b0_fpn`` → ``pvtv2_b0``, an encoder → itself (the registry's naming rule)."""
-    from ..models import get_entry
-
     entry = get_entry(name)
     if entry.kind == "encoder":
         return name
@@ -350,8 +347,6 @@ _HEAD_FAMILY = {"segformer": "segformer", "fpn": "pvtv2"}
 
 def match_architecture(structure: Structure, encoder_only: bool = False) -> str:
     """The one registered model with this structure (its encoder if ``encoder_only``)."""
-    from ..models import get_entry, list_models
-
     configs = encoder_configs()
     encoders = [n for n, config in configs.items() if structure.fits(config)]
     if not encoders:
@@ -382,8 +377,6 @@ def input_normalization(source: SourceCheckpoint) -> tuple[tuple[float, ...], tu
     The TransKD authors feed ``ToTensor()`` pixels without mean/std, while NVlabs, mmseg and Hugging
     Face train with ImageNet statistics; a checkpoint's naming tells the two apart.
     """
-    from ..models import IMAGENET_MEAN, IMAGENET_STD
-
     meta = source.metadata
     if isinstance(meta.get("mean"), list) and isinstance(meta.get("std"), list):
         return tuple(meta["mean"]), tuple(meta["std"]), f"as recorded in {source.path.name}"

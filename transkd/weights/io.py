@@ -1,7 +1,13 @@
 """Weights on disk: safetensors with JSON metadata, written atomically, read without pickle.
 
 A saved model carries what is needed to rebuild it (``architecture``, ``num_classes``, input
-``mean``/``std``), so ``load_model(path)`` needs no other flag.
+``mean``/``std``), so ``load_model(path)`` needs no other flag. :func:`load_model` is the one way
+a saved network comes back, from its file or from a run folder.
+
+In a run folder, ``best/`` and ``last/`` each hold the deployable network: ``model.safetensors``
+when it was trained alone (a teacher or a plain baseline, ``transkd train``) and
+``student.safetensors`` when it was distilled (``transkd distill``). Earlier versions named both
+``student.safetensors``; such folders still load.
 """
 
 from __future__ import annotations
@@ -13,13 +19,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import CheckpointError
+from ..jsonsafe import json_safe
+from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model
 
 FORMAT_VERSION = "1"
+#: The deployable network of a run trained alone, and of a distillation run.
+MODEL_FILE, STUDENT_FILE = "model.safetensors", "student.safetensors"
+#: Where a run folder keeps its deployable network, in order of preference.
+RUN_FOLDER_FILES = tuple(f"{which}/{name}" for which in ("best", "last")
+                         for name in (MODEL_FILE, STUDENT_FILE)) + (MODEL_FILE, STUDENT_FILE)
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt")
+
+
+def deployable_file_name(distilled: bool) -> str:
+    """The file name a run gives its deployable network: by role, so a teacher is no "student"."""
+    return STUDENT_FILE if distilled else MODEL_FILE
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
@@ -51,10 +70,10 @@ def _umask() -> int:
 
 def save_state_dict(state: dict[str, torch.Tensor], path: str | os.PathLike,
                     metadata: dict[str, Any] | None = None) -> Path:
-    """Write tensors as safetensors; metadata values are stored JSON-encoded."""
+    """Write tensors as safetensors; metadata values are stored JSON-encoded (non-finite as null)."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     meta = {"format_version": FORMAT_VERSION}
-    meta.update({k: json.dumps(v) for k, v in (metadata or {}).items()})
+    meta.update({k: json.dumps(json_safe(v)) for k, v in (metadata or {}).items()})
     return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
@@ -65,25 +84,47 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     try:
         state = load_file(str(path))
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as fh:
             raw = fh.metadata() or {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from None
+    return state, _decoded(raw)
+
+
+def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
+    """Decoded metadata of a safetensors file without reading its tensors; None if unreadable."""
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            raw = handle.metadata() or {}
+    except Exception:  # any damage: load_model gives the one-sentence error
+        return None
+    return _decoded(raw)
+
+
+def _decoded(raw: dict[str, str]) -> dict[str, Any]:
     meta: dict[str, Any] = {}
     for key, value in raw.items():
         try:
             meta[key] = json.loads(value)
         except json.JSONDecodeError:
             meta[key] = value
-    return state, meta
+    return meta
+
+
+def class_names_of(metadata: dict[str, Any], num_outputs: int) -> tuple[str, ...]:
+    """The predictable classes: the saved names if they fit the outputs, else ``class_<i>``
+    (one fewer when the last output is the paper's void class)."""
+    names = metadata.get("class_names")
+    if (isinstance(names, list) and 0 < len(names) <= num_outputs
+            and all(isinstance(n, str) for n in names)):
+        return tuple(names)
+    count = num_outputs - 1 if metadata.get("void_as_extra_class") is True and num_outputs > 1 \
+        else num_outputs
+    return tuple(f"class_{i}" for i in range(count))
 
 
 def model_metadata(model: nn.Module, **extra: Any) -> dict[str, Any]:
     """Metadata that lets :func:`load_model` rebuild a registered segmentor."""
-    from ..models import IMAGENET_MEAN, IMAGENET_STD
-
     meta = {
         "architecture": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
@@ -99,12 +140,39 @@ def save_model(model: nn.Module, path: str | os.PathLike, **extra_metadata: Any)
     return save_state_dict(model.state_dict(), path, model_metadata(model, **extra_metadata))
 
 
-def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
-    """Rebuild a saved student or teacher from its safetensors file alone."""
-    from ..models import create_model
+def model_file(path: str | os.PathLike, last: bool = False) -> Path:
+    """The ``.safetensors`` behind ``path``: the file itself, or a run folder's deployable network
+    (``best/`` first, then ``last/``; ``last=True`` takes ``last/`` only). A ``model.safetensors``
+    that an earlier version saved as ``student.safetensors`` is found under that name."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [f for f in RUN_FOLDER_FILES if f.startswith("last/")] if last else RUN_FOLDER_FILES
+        for candidate in candidates:
+            if (path / candidate).is_file():
+                return path / candidate
+        raise CheckpointError(f"{path} is a folder without a deployable network (looked for "
+                              f"{', '.join(candidates)})")
+    if not path.exists():
+        if path.name == MODEL_FILE and (path.parent / STUDENT_FILE).is_file():  # an earlier version's run
+            return path.parent / STUDENT_FILE
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(f"{path} is a PyTorch checkpoint ({path.suffix}), not a deployable model; "
+                              "use a run's best/ .safetensors file ('transkd convert' turns external "
+                              "weights into one)")
+    return path
 
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu",
+               last: bool = False) -> nn.Module:
+    """Rebuild a saved network from its safetensors file alone, or from a run folder (its best
+    network; ``last=True``: the last one). Nothing in the file is executed."""
+    path = model_file(path, last)
     state, meta = read_safetensors(path)
     arch, num_classes = meta.get("architecture"), meta.get("num_classes")
+    if not arch and "student" in meta:
+        raise CheckpointError(f"{path} holds training-only distillation adapters, not a student; "
+                              "use the student.safetensors next to it")
     if not arch or num_classes is None:
         raise CheckpointError(f"{path} is not a transkd model file: its metadata has no "
                               "architecture/num_classes (adapters or a foreign file?)")

@@ -165,10 +165,6 @@ def check_same_size(image_size: tuple[int, int], label_size: tuple[int, int], pa
                            f"{pair.image} is {image_size[0]}x{image_size[1]} (width x height)")
 
 
-def strip_suffix(name: str, suffix: str) -> str | None:
-    return name[: -len(suffix)] if name.endswith(suffix) else None
-
-
 def index_by_suffix(folder: Path, suffix: str, pattern: str = "*") -> dict[str, Path]:
     """Files under ``folder`` matching ``pattern + suffix``, keyed by relative path minus suffix.
 

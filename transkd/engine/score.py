@@ -1,0 +1,96 @@
+"""Score a saved network on a dataset split: what ``transkd eval`` runs, callable from Python.
+
+The data pipeline and inference come from a config: the given one, else the run folder's own
+``config.yaml``, else (a bare weights file) defaults with the dataset and protocol the file
+records, so a number is always measured the way the network was trained to be measured.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Config, load_config, read_yaml
+from ..errors import ConfigError
+from ..inference import InferenceOptions
+from ..jsonsafe import json_safe
+from ..weights.io import load_model, model_file, read_metadata
+from . import build
+from .evaluate import evaluate
+from .run import protocol_description
+
+
+@dataclass
+class CheckpointScore:
+    """The metrics of one network on one split, and what they mean."""
+
+    weights: Path
+    model: str
+    dataset: str
+    split: str
+    images: int
+    class_names: tuple[str, ...]
+    description: dict[str, Any]
+    metrics: dict[str, Any]
+
+    def record(self) -> dict[str, Any]:
+        """The result as JSON-ready values (a missing score is null)."""
+        return json_safe({
+            "weights": str(self.weights), "model": self.model, "dataset": self.dataset,
+            "split": self.split, "images": self.images, **self.description,
+            "miou": self.metrics["miou"], "acc": self.metrics["acc"], "macc": self.metrics["macc"],
+            "iou": dict(zip(self.class_names, self.metrics["iou"])),
+        })
+
+
+def checkpoint_config(weights: Path, run_folder: Path | None, config_file: str | os.PathLike | None,
+                      overrides: Sequence[str]) -> Config:
+    """The config to evaluate ``weights`` with: ``config_file``, else the run's, else what the
+    weights record; then ``overrides``."""
+    base: dict[str, Any] | None = None
+    if config_file is None:
+        run_config = run_folder / "config.yaml" if run_folder is not None else None
+        if run_config is not None and run_config.is_file():
+            base = read_yaml(run_config)
+        else:  # a bare weights file: the dataset and pipeline it was trained with
+            meta = read_metadata(weights) or {}
+            base = {}
+            if meta.get("dataset"):
+                base["data"] = {"name": meta["dataset"]}
+            if isinstance(meta.get("protocol_options"), dict):
+                base["protocol"] = meta["protocol_options"]
+    return load_config(config_file, overrides, base=base)
+
+
+def evaluate_checkpoint(target: str | os.PathLike, config_file: str | os.PathLike | None = None,
+                        overrides: Sequence[str] = (), split: str | None = None, last: bool = False,
+                        progress: bool = False) -> CheckpointScore:
+    """Evaluate a ``.safetensors`` file or a run folder's best (``last``: last) network on
+    ``split`` (default ``data.val_split``); ``overrides`` are ``key=value`` config overrides."""
+    path = Path(target)
+    run_folder = path if path.is_dir() else None
+    weights = model_file(path, last)
+    config = checkpoint_config(weights, run_folder, config_file, overrides)
+    split = split or config.data.val_split
+    bundle = build.open_datasets(config, train=False, val_split=split)
+    model = load_model(weights)
+    if model.num_classes != bundle.num_outputs:
+        raise ConfigError(f"{weights} predicts {model.num_classes} classes but dataset "
+                          f"{bundle.name!r} needs {bundle.num_outputs}")
+    device = build.resolve_device(config.train.device)
+    _, val_set = build.transformed(bundle, config)
+    loader = torch.utils.data.DataLoader(val_set, batch_size=config.eval.batch_size,
+                                         num_workers=config.train.num_workers)
+    inference = InferenceOptions(mode=config.eval.mode, crop=config.eval.crop,
+                                 stride=config.eval.stride, scales=config.eval.scales,
+                                 flip=config.eval.flip)
+    metrics = evaluate(model, loader, bundle.num_classes, config.protocol.ignore_index,
+                       inference=inference, device=device, progress=progress)
+    return CheckpointScore(weights=weights, model=model.model_name, dataset=bundle.name, split=split,
+                           images=len(val_set), class_names=tuple(bundle.class_names),
+                           description=protocol_description(config), metrics=metrics)
