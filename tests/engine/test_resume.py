@@ -195,11 +195,18 @@ def test_corrupt_bytes_inside_a_checkpoint_are_detected(tmp_path, capsys):
     assert "no previous checkpoint" in lines[0]
 
 
+#: The Ctrl-C run: long enough that the signal lands mid-run however busy the machine is, with
+#: no checkpoint but the one the interruption writes.
+LONG = 400
+SIGNALLED = [a.replace(f"train.iterations={STEPS}", f"train.iterations={LONG}")
+             .replace("train.checkpoint_interval=1", "train.checkpoint_interval=1000") for a in RUN]
+
+
 def test_sigint_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     """Ctrl-C in a real process: a checkpoint of the current step, a message, exit code 130,
     no traceback; resuming it finishes the run."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "transkd", "train", *RUN, "--output", str(run_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "transkd", "train", *SIGNALLED, "--output", str(run_dir)],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -216,9 +223,38 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     assert "Traceback" not in err
     assert "interrupted after" in out and "--resume auto" in out
     step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"]
-    assert 2 <= step < STEPS
+    assert 2 <= step < LONG
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == step
 
-    assert main(["train", *RUN, "--output", str(run_dir), "--resume", "auto"]) == 0
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == STEPS
+    shorter = [*SIGNALLED, "--set", f"train.iterations={step + 2}"]
+    assert main(["train", *shorter, "--output", str(run_dir), "--resume", "auto"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == step + 2
+
+
+def test_ctrl_c_stops_at_the_next_step_boundary_whatever_the_code_does_with_it(tmp_path, capfd,
+                                                                               monkeypatch):
+    """The signal only sets a flag (an exception raised inside a finaliser or a library that
+    catches it would be lost); the run stops after the step it arrived in, at exactly that step."""
+    from transkd.engine.trainer import Trainer
+
+    original = Trainer._train_step
+    calls = []
+
+    def step_then_signal(self, *args):
+        stats = original(self, *args)
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives inside code that swallows it
+            except KeyboardInterrupt:
+                pytest.fail("the signal raised instead of setting the stop flag")
+        return stats
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    run_dir = tmp_path / "run"
+    assert main(["train", *SIGNALLED, "--output", str(run_dir)]) == 130
+    out, err = capfd.readouterr()
+    assert "interrupted after 3/400 steps" in out and "stopping after the current step" in err
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

@@ -20,8 +20,6 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -55,7 +53,9 @@ from .distributed import (
     wrap_ddp,
 )
 from .evaluate import InferenceOptions, evaluate
-from .logging import MetricsLogger, progress_bar
+from .interrupt import StopRequest
+from .logging import MetricsLogger
+from .progress import Progress
 from .schedule import LRSchedule, ScheduleSpec
 
 
@@ -115,23 +115,6 @@ def determinism(enabled: bool, device: torch.device):
         torch.backends.cudnn.benchmark = previous_benchmark
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Treat SIGTERM (cluster pre-emption) like Ctrl-C: save a resumable checkpoint and stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -162,9 +145,10 @@ class Trainer:
                  num_classes: int, run_dir: Path | None, env: DistEnv | None = None,
                  device: torch.device | str = "cpu", resume: Path | None = None,
                  metadata: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None) -> None:
+                 announce: Callable[[str], None] | None = None, progress: bool = True) -> None:
         self.config = config
         self.announce = announce
+        self.progress = progress
         self.distiller = distiller
         self.train_set = train_set
         self.val_set = val_set
@@ -175,6 +159,7 @@ class Trainer:
         self.resume = resume
         self.metadata = dict(metadata or {})
         self.is_main = self.env.is_main and self.run_dir is not None
+        self.stop = StopRequest()  # replaced by the installed one while fit() runs
 
         train = config.train
         self.batch_size = train.batch_size
@@ -230,7 +215,8 @@ class Trainer:
 
     def fit(self) -> RunResult:
         config = self.config
-        with determinism(config.train.deterministic, self.device), sigterm_as_interrupt():
+        with determinism(config.train.deterministic, self.device), StopRequest() as stop:
+            self.stop = stop
             return self._fit()
 
     def _fit(self) -> RunResult:
@@ -288,8 +274,11 @@ class Trainer:
         self.rng_at_step = capture_rng_state()
         start = time.perf_counter()
         status = "completed"
-        bar = progress_bar(self.total_steps, self.position.step, self.is_main,
-                           f"{distiller.method_name} {getattr(distiller.student, 'model_name', '')}")
+        network = getattr(distiller.student, "model_name", "student")
+        bar = Progress(self.total_steps, initial=self.position.step, enabled=self.is_main and self.progress,
+                       description=network if distiller.method_name == "none"
+                       else f"{network} {distiller.method_name}",
+                       interval=config.train.log_interval)
         state = (model, optimizer, schedule, scaler, train_loader, val_loader, logger, bar)
         try:
             self._loop(*state, start)
@@ -322,6 +311,7 @@ class Trainer:
         window: dict[str, float] = defaultdict(float)
         window_steps = 0
         while pos.step < self.total_steps:
+            self._check_stop()
             self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.batch_size)
             batches = iter(train_loader)
             self._set_train_mode()
@@ -340,25 +330,37 @@ class Trainer:
                     for key, value in stats.items():
                         window[key] += value
                     window_steps += 1
-                bar.update(1)
+                shown: dict[str, float] = {}
                 if window_steps and (pos.step % self.config.train.log_interval == 0
                                      or pos.step == self.total_steps):
                     averages = mean_over_ranks({k: v / window_steps for k, v in window.items()},
                                                self.env, self.device)
                     logger.log("train", pos.step, epoch=pos.epoch + pos.batch / per_epoch_batches,
                                lr=lr, **averages)
-                    bar.set_postfix(loss=f"{averages.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
+                    shown = {"loss": averages.get("loss", float("nan")), "lr": lr,
+                             "images/s": averages.get("images_per_s", float("nan"))}
                     window.clear()
                     window_steps = 0
+                bar.update(1, **shown)
                 if not self.by_epochs:
                     self._after_interval(pos.step, pos.step == self.total_steps, val_loader, logger,
                                          optimizer, schedule, scaler, start)
+                if pos.step < self.total_steps:
+                    self._check_stop()
             if pos.batch >= per_epoch_batches:
                 pos.epoch += 1
                 pos.batch = 0
                 if self.by_epochs:
                     self._after_interval(pos.epoch, pos.step >= self.total_steps, val_loader,
                                          logger, optimizer, schedule, scaler, start)
+
+    def _check_stop(self) -> None:
+        """Stop here (a step boundary) if Ctrl-C or SIGTERM arrived on any process."""
+        requested = self.stop.requested is not None
+        if self.env.enabled:
+            requested = any_true(requested, self.env, self.device)
+        if requested:
+            raise KeyboardInterrupt
 
     def _after_interval(self, count: int, final: bool, val_loader, logger, optimizer, schedule,
                         scaler, start: float) -> None:
@@ -516,6 +518,9 @@ class Trainer:
         self.skipped = int(checkpoint.get("skipped_steps", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.checkpoint_path = Path(path)
+        if self.best is not None and self.run_dir is not None:  # exported when that best was scored
+            best = self.run_dir / "best" / "student.safetensors"
+            self.best_weights = best if best.is_file() else None
         return checkpoint["rng"]
 
     def _write_summary(self, result: RunResult) -> None:
