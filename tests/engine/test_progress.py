@@ -47,6 +47,7 @@ def test_training_in_a_log_prints_step_loss_lr_speed_and_eta_every_log_interval(
     args = ["train", "--set", "data.options={length: 8, size: [32, 64]}",
             "--set", "data.val_options={length: 2}", "--set", "protocol.image_size=[32, 64]",
             "--set", "train.batch_size=2", "--set", "train.iterations=4", "--set", "train.log_interval=2",
+            "--set", "schedule.kind=standard", "--set", "schedule.warmup_iters=1",
             "--set", "train.val_interval=1000", "--set", "train.tensorboard=false",
             "--set", "train.num_workers=0", "--set", "eval.batch_size=2",
             "--output", str(tmp_path / "run")]
