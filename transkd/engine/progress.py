@@ -43,7 +43,8 @@ class Progress:
     """Progress over ``total`` units (steps, batches, images) that started at ``initial``.
 
     ``enabled=False`` (``--no-progress``, a non-main process) shows nothing; ``interval`` is the
-    spacing of the plain lines when ``stream`` is not a terminal (0: no lines, only the last).
+    spacing of the plain lines when ``stream`` is not a terminal (0: no lines; the caller
+    reports progress its own way there).
     ``tty`` overrides the terminal test (tests, or a caller that knows better).
     """
 
@@ -71,6 +72,11 @@ class Progress:
         """Whether this progress prints plain lines (enabled, and not on a terminal)."""
         return self.enabled and not self.tty
 
+    @property
+    def bar(self) -> bool:
+        """Whether a bar is on screen (lines printed meanwhile must go through :meth:`write`)."""
+        return self._bar is not None
+
     def update(self, count: int = 1, **fields: Any) -> None:
         """``count`` more units done; ``fields`` (loss, lr, images/s) are shown from now on."""
         self.count += count
@@ -80,8 +86,8 @@ class Progress:
             if fields:
                 self._bar.set_postfix({k: _short(v) for k, v in self.fields.items()}, refresh=False)
             self._bar.update(count)
-        elif self.lines and (self.count >= self.total
-                             or (self.interval and self.count % self.interval == 0)):
+        elif self.lines and self.interval and count > 0 and (
+                self.count % self.interval == 0 or self.count >= self.total > self.count - count):
             self._emit()
 
     def eta(self) -> float:

@@ -138,17 +138,21 @@ class Trainer:
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
     ``metadata`` is written into the exported ``student.safetensors`` (dataset classes, palette,
-    protocol) so the file alone is enough for prediction.
+    protocol) so the file alone is enough for prediction. ``progress`` turns the step bar (or,
+    off a terminal, the progress lines) on or off; ``on_step`` is called after every step (the
+    demo's overall progress).
     """
 
     def __init__(self, config: Config, distiller: Distiller, train_set, val_set, *,
                  num_classes: int, run_dir: Path | None, env: DistEnv | None = None,
                  device: torch.device | str = "cpu", resume: Path | None = None,
                  metadata: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None, progress: bool = True) -> None:
+                 announce: Callable[[str], None] | None = None, progress: bool = True,
+                 on_step: Callable[[], None] | None = None) -> None:
         self.config = config
         self.announce = announce
         self.progress = progress
+        self.on_step = on_step
         self.distiller = distiller
         self.train_set = train_set
         self.val_set = val_set
@@ -342,6 +346,8 @@ class Trainer:
                     window.clear()
                     window_steps = 0
                 bar.update(1, **shown)
+                if self.on_step is not None:
+                    self.on_step()
                 if not self.by_epochs:
                     self._after_interval(pos.step, pos.step == self.total_steps, val_loader, logger,
                                          optimizer, schedule, scaler, start)
