@@ -18,8 +18,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run folders written by transkd train/distill, or a folder holding runs")
     parser.add_argument("--output", "-o", metavar="DIR",
-                        help="folder for the report (default: a folder of runs itself, else the first "
-                             "run's report/)")
+                        help="folder for the report (default: a folder of runs itself, else report/ "
+                             "in the folder holding the runs)")
     parser.add_argument("--samples", type=int, default=3, metavar="N",
                         help="validation images in the sample predictions (default 3; 0: none)")
     parser.set_defaults(run=run)
