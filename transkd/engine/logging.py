@@ -15,6 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import DiskFullError
+from ..weights.io import disk_full
+
 
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
@@ -47,8 +50,13 @@ class MetricsLogger:
             return
         values.pop("step", None)
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(_json_safe(record)) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise DiskFullError(self.path, "the records before are kept") from None
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..distill import Distiller
-from ..errors import TranskdError
+from ..errors import DiskFullError, TranskdError
 from ..weights.io import load_state_strict
 from .checkpoint import (
     capture_rng_state,
@@ -286,6 +286,11 @@ class Trainer:
         state = (model, optimizer, schedule, scaler, train_loader, val_loader, logger, bar)
         try:
             self._loop(*state, start)
+        except DiskFullError as exc:
+            if self.checkpoint_path is None:
+                raise
+            raise DiskFullError(exc.path, exc.kept, "free some space and continue the run with "
+                                "--resume auto") from None
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
