@@ -258,3 +258,18 @@ def test_ctrl_c_stops_at_the_next_step_boundary_whatever_the_code_does_with_it(t
     assert "interrupted after 3/400 steps" in out and "stopping after the current step" in err
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_resuming_a_finished_run_names_its_files(tmp_path, capsys):
+    """The best student exported before is still the best one: the summary names it (and lists
+    TensorBoard only when it was written)."""
+    run_dir = tmp_path / "run"
+    run_in_process("train", SHORT, run_dir)
+    capsys.readouterr()
+    run_in_process("train", SHORT, run_dir, "--resume", "auto")
+    out = capsys.readouterr().out
+    assert (f"deployable student: {run_dir / 'best' / 'student.safetensors'} (best), "
+            f"{run_dir / 'last' / 'student.safetensors'} (last)") in out
+    assert "TensorBoard" not in out and not (run_dir / "tensorboard").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["best_weights"] == \
+        str(run_dir / "best" / "student.safetensors")
