@@ -301,7 +301,12 @@ KINDS = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+#: Cases that first train a run of a bigger network.
+SLOW_KINDS = ("resume_other_architecture",)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k
+                                  for k in KINDS])
 def test_bad_input_gives_one_sentence_and_leaves_nothing(tmp_path, capsys, monkeypatch, kind):
     out = tmp_path / "run"
     case = build_case(kind, tmp_path, out, monkeypatch)

@@ -102,6 +102,7 @@ def run_in_process(command: str, args: list[str], run_dir, *extra: str) -> str:
     return str(run_dir)
 
 
+@pytest.mark.slow  # real processes, killed and resumed
 def test_plain_run_killed_at_a_random_step_resumes_bit_identically(tmp_path, capsys):
     kill_at = random.Random(KILL_SEED).randint(3, 9)
     run_in_process("train", RUN, tmp_path / "straight")
@@ -125,6 +126,7 @@ def test_plain_run_killed_at_a_random_step_resumes_bit_identically(tmp_path, cap
     assert len(resumed) == 1 and resumed[0]["step"] == saved_step
 
 
+@pytest.mark.slow
 def test_distillation_killed_at_a_random_step_resumes_student_and_adapters_bit_identically(
         tmp_path, capsys):
     kill_at = random.Random(KILL_SEED + 1).randint(3, 9)
@@ -202,6 +204,7 @@ SIGNALLED = [a.replace(f"train.iterations={STEPS}", f"train.iterations={LONG}")
              .replace("train.checkpoint_interval=1", "train.checkpoint_interval=1000") for a in RUN]
 
 
+@pytest.mark.slow  # a real process; the in-process test below checks the same in a second
 def test_sigint_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     """Ctrl-C in a real process: a checkpoint of the current step, a message, exit code 130,
     no traceback; resuming it finishes the run."""
