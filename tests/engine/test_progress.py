@@ -58,3 +58,30 @@ def test_training_in_a_log_prints_step_loss_lr_speed_and_eta_every_log_interval(
                                                       "segformer_b0: step 4/4 (100%)"]
     assert re.search(r", loss \d+\.\d{4}, lr [\d.e+-]+, [\d.]+ images/s, elapsed \d+s, ETA \d+s$", lines[0])
     assert "segformer_b0: step" not in out  # stdout keeps the results only
+
+
+def test_a_short_job_leaves_no_lines_when_asked_to_stay_quiet_at_first():
+    stream = io.StringIO()
+    with Progress(4, description="evaluate", unit="batch", interval=1, stream=stream,
+                  quiet_for=60.0) as progress:
+        progress.update(4)
+    assert stream.getvalue() == ""
+
+
+def test_evaluation_shows_progress_over_batches(monkeypatch):
+    import torch
+
+    from transkd.engine import evaluate as evaluate_module
+    from transkd.models import create_model
+
+    made = []
+
+    class Recording(Progress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(evaluate_module, "Progress", Recording)
+    batches = [{"image": torch.zeros(1, 3, 32, 32), "label": torch.zeros(1, 8, 8, dtype=torch.long)}] * 3
+    evaluate_module.evaluate(create_model("segformer_b0", num_classes=2), batches, 2, progress=True)
+    assert [(p.total, p.count, p.unit) for p in made] == [(3, 3, "batch")]

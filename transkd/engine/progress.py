@@ -45,12 +45,13 @@ class Progress:
     ``enabled=False`` (``--no-progress``, a non-main process) shows nothing; ``interval`` is the
     spacing of the plain lines when ``stream`` is not a terminal (0: no lines; the caller
     reports progress its own way there).
-    ``tty`` overrides the terminal test (tests, or a caller that knows better).
+    ``tty`` overrides the terminal test (tests, or a caller that knows better); ``quiet_for``
+    seconds pass before the first line, so that a short job leaves no lines in the log.
     """
 
     def __init__(self, total: int, *, initial: int = 0, description: str = "", unit: str = "step",
                  enabled: bool = True, interval: int = 10, stream: TextIO | None = None,
-                 tty: bool | None = None) -> None:
+                 tty: bool | None = None, quiet_for: float = 0.0) -> None:
         self.total = max(0, int(total))
         self.count = int(initial)
         self.description = description
@@ -59,6 +60,7 @@ class Progress:
         self.stream = stream if stream is not None else sys.stderr
         self.enabled = enabled
         self.tty = _isatty(self.stream) if tty is None else tty
+        self.quiet_for = quiet_for
         self.fields: dict[str, Any] = {}
         self._start_count = self.count
         self._start = time.perf_counter()
@@ -87,7 +89,8 @@ class Progress:
                 self._bar.set_postfix({k: _short(v) for k, v in self.fields.items()}, refresh=False)
             self._bar.update(count)
         elif self.lines and self.interval and count > 0 and (
-                self.count % self.interval == 0 or self.count >= self.total > self.count - count):
+                self.count % self.interval == 0 or self.count >= self.total > self.count - count) \
+                and time.perf_counter() - self._start >= self.quiet_for:
             self._emit()
 
     def eta(self) -> float:

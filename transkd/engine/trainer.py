@@ -461,7 +461,8 @@ class Trainer:
     def _evaluate(self, network: nn.Module, loader: DataLoader) -> dict[str, Any]:
         started = time.perf_counter()
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
-                           inference=self.inference, device=self.device, amp_dtype=self.amp_dtype)
+                           inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
+                           progress=self.is_main and self.progress)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 
