@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,8 +46,8 @@ class DemoSize:
     #: TensorBoard events and the teacher's score before distilling: worth their seconds only
     #: when the run is long enough to look at.
     extras: bool = True
-    #: Intra-op threads (None: torch's default). On tensors this small a second thread costs
-    #: more in synchronisation than it gains, and on a busy machine many times more.
+    #: Intra-op threads (None: the idle cores, see :func:`demo_threads`). On tensors this small a
+    #: second thread costs more in synchronisation than it gains.
     threads: int | None = None
 
 
@@ -194,8 +195,7 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
     curves: dict[str, list[dict[str, Any]]] = {}
     started = time.perf_counter()
     threads = torch.get_num_threads()
-    if size.threads is not None:
-        torch.set_num_threads(size.threads)
+    torch.set_num_threads(demo_threads(size))
 
     def tell(message: str) -> None:
         overall.write(message) if overall.bar else report(message)
@@ -221,6 +221,21 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
         overall.close()
         torch.set_num_threads(threads)
     return summary
+
+
+def demo_threads(size: DemoSize) -> int:
+    """Threads for the demo's networks: the size's own count, else the cores idle at the start.
+
+    PyTorch's threads wait for each other by spinning; on two cores that other programs kept busy
+    a 2-thread demo step took over ten times as long as a 1-thread one, so a busy machine gets
+    fewer threads.
+    ``OMP_NUM_THREADS`` set by the user is obeyed as it is."""
+    if size.threads is not None:
+        return size.threads
+    if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
+        return torch.get_num_threads()
+    idle = (os.cpu_count() or 1) - round(os.getloadavg()[0])
+    return max(1, min(torch.get_num_threads(), idle))
 
 
 def _so_far(overall: Progress, started: float, index: int) -> str:
