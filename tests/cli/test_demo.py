@@ -3,6 +3,8 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from transkd.cli import main
 from transkd.config import load_config
 from transkd.recipes.demo import SIZES, demo_config
@@ -41,6 +43,7 @@ def test_tiny_demo_runs_end_to_end(tmp_path, capsys):
                                          "of this demo; choose another folder with --output")
 
 
+@pytest.mark.slow  # three demos of two steps a network
 def test_interrupted_demo_continues_where_it_stopped(tmp_path, capsys, monkeypatch):
     """Ctrl-C during the student: the finished teacher is kept, the student resumes from its
     checkpoint, and the message says how to continue."""

@@ -14,7 +14,7 @@ class Terminal(io.StringIO):
 
 def test_a_log_gets_a_plain_line_every_interval_and_at_the_end():
     stream = io.StringIO()
-    progress = Progress(5, description="segformer_b0", interval=2, stream=stream)
+    progress = Progress(5, description="segformer_b0", interval=2, line_stream=stream, tty=False)
     for step in range(5):
         progress.update(1, loss=0.5 - step / 10, lr=1e-3, **{"images/s": 12.5})
     progress.close()
@@ -29,12 +29,13 @@ def test_a_log_gets_a_plain_line_every_interval_and_at_the_end():
 
 def test_a_terminal_gets_a_bar_and_no_lines_and_disabled_shows_nothing():
     terminal = Terminal()
-    with Progress(3, description="eval", unit="batch", stream=terminal, interval=1) as progress:
+    with Progress(3, description="eval", unit="batch", bar_stream=terminal, line_stream=terminal,
+                  interval=1) as progress:
         progress.update(3)
     assert "eval:" in terminal.getvalue() and "/3 [" in terminal.getvalue()  # a tqdm bar
     assert "batch 3/3 (100%)" not in terminal.getvalue()
     quiet = io.StringIO()
-    with Progress(3, stream=quiet, enabled=False, interval=1) as progress:
+    with Progress(3, bar_stream=quiet, line_stream=quiet, enabled=False, interval=1) as progress:
         progress.update(3)
     assert quiet.getvalue() == ""
 
@@ -53,16 +54,16 @@ def test_training_in_a_log_prints_step_loss_lr_speed_and_eta_every_log_interval(
             "--output", str(tmp_path / "run")]
     assert main(args) == 0
     out, err = capsys.readouterr()
-    lines = [line for line in err.splitlines() if line.startswith("segformer_b0: step")]
+    lines = [line for line in out.splitlines() if line.startswith("segformer_b0: step")]
     assert [line.split(",")[0] for line in lines] == ["segformer_b0: step 2/4 (50%)",
                                                       "segformer_b0: step 4/4 (100%)"]
     assert re.search(r", loss \d+\.\d{4}, lr [\d.e+-]+, [\d.]+ images/s, elapsed \d+s, ETA \d+s$", lines[0])
-    assert "segformer_b0: step" not in out  # stdout keeps the results only
+    assert err == ""  # standard error is for warnings and errors only
 
 
 def test_a_short_job_leaves_no_lines_when_asked_to_stay_quiet_at_first():
     stream = io.StringIO()
-    with Progress(4, description="evaluate", unit="batch", interval=1, stream=stream,
+    with Progress(4, description="evaluate", unit="batch", interval=1, line_stream=stream, tty=False,
                   quiet_for=60.0) as progress:
         progress.update(4)
     assert stream.getvalue() == ""

@@ -154,6 +154,7 @@ def test_distillation_killed_at_a_random_step_resumes_student_and_adapters_bit_i
 SHORT = [arg.replace(f"train.iterations={STEPS}", "train.iterations=4") for arg in RUN]
 
 
+@pytest.mark.slow  # three short runs
 def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     run_dir = tmp_path / "run"
     short = [a.replace("train.iterations=4", "train.iterations=3") for a in SHORT]
@@ -178,6 +179,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt", "previous.pt"]
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_inside_a_checkpoint_are_detected(tmp_path, capsys):
     """A flipped bit in the tensor data leaves a readable zip; the stored digest catches it."""
     run_dir = tmp_path / "run"

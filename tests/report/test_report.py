@@ -82,6 +82,7 @@ def assert_png(path):
         image.verify()
 
 
+@pytest.mark.slow  # trains three tiny runs first
 def test_report_of_engine_runs(engine_runs, tmp_path):
     runs = [engine_runs / name for name in ("kd", "student", "teacher")]
     result = write_report(runs, output=tmp_path / "out", samples=2)
@@ -123,6 +124,7 @@ def test_report_of_engine_runs(engine_runs, tmp_path):
     assert result.notes == []
 
 
+@pytest.mark.slow  # trains three tiny runs first
 def test_cli_report_of_a_folder_of_runs_writes_into_its_root(engine_runs, capsys):
     code = main(["report", str(engine_runs), "--samples", "1"])
     out, err = capsys.readouterr()

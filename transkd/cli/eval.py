@@ -23,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--split", help="split to evaluate (default: data.val_split)")
     parser.add_argument("--last", action="store_true",
                         help="with a run folder: evaluate last/ instead of best/")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--json", action="store_true",
+                        help="print the result as JSON (and no progress on standard output)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar or lines")
     parser.set_defaults(run=run)
     return parser
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                                  stride=config.eval.stride, scales=config.eval.scales,
                                  flip=config.eval.flip)
     metrics = evaluate(model, loader, bundle.num_classes, config.protocol.ignore_index,
-                       inference=inference, device=device, progress=not args.no_progress)
+                       inference=inference, device=device, progress=not (args.no_progress or args.json))
     description = protocol_description(config)
     if args.json:
         record = {

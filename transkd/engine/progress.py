@@ -1,10 +1,11 @@
 """Progress of a long command, wherever its output goes.
 
-On a terminal it is a tqdm bar with a rate and an ETA. Where the output is a log file (a cluster
-job, CI, ``| tee``) a bar is unreadable, so :class:`Progress` prints a plain line every
-``interval`` units instead (``step 40/200 (20%), loss 0.4312, lr 6.0e-04, 12.5 images/s,
-elapsed 1m02s, ETA 4m08s``); without them a run would be silent until its first validation.
-Both go to standard error, so standard output stays the command's result (a table, JSON).
+On a terminal it is a tqdm bar with a rate and an ETA, on standard error. Where the output is a
+log file (a cluster job, CI, ``| tee``) a bar is unreadable, so :class:`Progress` prints a plain
+line every ``interval`` units instead (``step 40/200 (20%), loss 0.4312, lr 6.0e-04, 12.5
+images/s, elapsed 1m02s, ETA 4m08s``), on standard output with the command's other news
+(validation scores); without them a run would be silent until its first validation. Standard
+error then holds only warnings and errors: a failing command ends with its one sentence there.
 """
 
 from __future__ import annotations
@@ -42,24 +43,26 @@ def _field(name: str, value: Any) -> str:
 class Progress:
     """Progress over ``total`` units (steps, batches, images) that started at ``initial``.
 
-    ``enabled=False`` (``--no-progress``, a non-main process) shows nothing; ``interval`` is the
-    spacing of the plain lines when ``stream`` is not a terminal (0: no lines; the caller
-    reports progress its own way there).
-    ``tty`` overrides the terminal test (tests, or a caller that knows better); ``quiet_for``
+    ``enabled=False`` (``--no-progress``, a non-main process) shows nothing. The bar goes to
+    ``bar_stream`` (standard error) when that is a terminal; otherwise a line goes to
+    ``line_stream`` (standard output) every ``interval`` units (0: no lines; the caller reports
+    progress its own way there). ``tty`` overrides the terminal test; ``quiet_for``
     seconds pass before the first line, so that a short job leaves no lines in the log.
     """
 
     def __init__(self, total: int, *, initial: int = 0, description: str = "", unit: str = "step",
-                 enabled: bool = True, interval: int = 10, stream: TextIO | None = None,
-                 tty: bool | None = None, quiet_for: float = 0.0) -> None:
+                 enabled: bool = True, interval: int = 10, bar_stream: TextIO | None = None,
+                 line_stream: TextIO | None = None, tty: bool | None = None,
+                 quiet_for: float = 0.0) -> None:
         self.total = max(0, int(total))
         self.count = int(initial)
         self.description = description
         self.unit = unit
         self.interval = max(0, int(interval))
-        self.stream = stream if stream is not None else sys.stderr
+        self.bar_stream = bar_stream if bar_stream is not None else sys.stderr
+        self.line_stream = line_stream
         self.enabled = enabled
-        self.tty = _isatty(self.stream) if tty is None else tty
+        self.tty = _isatty(self.bar_stream) if tty is None else tty
         self.quiet_for = quiet_for
         self.fields: dict[str, Any] = {}
         self._start_count = self.count
@@ -67,7 +70,7 @@ class Progress:
         self._bar: tqdm | None = None
         if enabled and self.tty:
             self._bar = tqdm(total=self.total, initial=self.count, desc=description or None, unit=unit,
-                             file=self.stream, dynamic_ncols=True, leave=False)
+                             file=self.bar_stream, dynamic_ncols=True, leave=False)
 
     @property
     def lines(self) -> bool:
@@ -120,7 +123,8 @@ class Progress:
             print(message, file=stream, flush=True)
 
     def _emit(self) -> None:
-        print(self.line(), file=self.stream, flush=True)
+        print(self.line(), file=self.line_stream if self.line_stream is not None else sys.stdout,
+              flush=True)
 
     def close(self) -> None:
         if self._bar is not None:
