@@ -96,6 +96,13 @@ class Progress:
                 and time.perf_counter() - self._start >= self.quiet_for:
             self._emit()
 
+    def set_total(self, total: int) -> None:
+        """Change the number of units (work found done already, or added)."""
+        self.total = max(0, int(total))
+        if self._bar is not None:
+            self._bar.total = self.total
+            self._bar.refresh()
+
     def eta(self) -> float:
         """Seconds left at the rate of this session so far (inf before the first unit)."""
         done = self.count - self._start_count

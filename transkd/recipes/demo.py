@@ -188,7 +188,8 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
     runs = plan_demo(output, minutes, tiny, methods, seed)
     size = SIZES["tiny" if tiny else "default"]
     output = Path(output)
-    total = sum(run.config.train.iterations for run in runs)
+    # steps this start will train: the time left is estimated from them alone
+    total = sum(run.config.train.iterations for run in runs if run.state != "done")
     overall = Progress(total, description="demo", enabled=progress, interval=0)
     rows: list[dict[str, Any]] = []
     models: dict[str, torch.nn.Module] = {}
@@ -205,10 +206,10 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
             config = run.config
             note = {"done": " (finished before: kept)", "resume": " (continuing where it stopped)"}
             tell(f"[{index}/{len(runs)}] {run.name}: {config.model.name}"
-                          + (f" distilled from {TEACHER} with {run.name}" if run.role == "distill" else "")
-                          + f", {config.train.iterations} steps of batch {config.train.batch_size} at "
-                            f"{size.image_size[0]}x{size.image_size[1]}" + note.get(run.state, "")
-                          + _so_far(overall, started, index))
+                 + (f" distilled from {TEACHER} with {run.name}" if run.role == "distill" else "")
+                 + f", {config.train.iterations} steps of batch {config.train.batch_size} at "
+                   f"{size.image_size[0]}x{size.image_size[1]}" + note.get(run.state, "")
+                 + _so_far(overall, started, index))
             result = _train(run, progress, overall)
             records = read_metrics(output / run.name / "metrics.jsonl")
             curves[run.name] = records
@@ -228,8 +229,7 @@ def demo_threads(size: DemoSize) -> int:
 
     PyTorch's threads wait for each other by spinning; on two cores that other programs kept busy
     a 2-thread demo step took over ten times as long as a 1-thread one, so a busy machine gets
-    fewer threads.
-    ``OMP_NUM_THREADS`` set by the user is obeyed as it is."""
+    fewer threads. ``OMP_NUM_THREADS`` set by the user is obeyed as it is."""
     if size.threads is not None:
         return size.threads
     if os.environ.get("OMP_NUM_THREADS") or not hasattr(os, "getloadavg"):
@@ -260,7 +260,6 @@ def _train(run: DemoRun, progress: bool, overall: Progress) -> _Trained:
     folder = Path(run.config.output.dir)
     if run.state == "done":
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-        overall.update(run.config.train.iterations)
         return _Trained(summary.get("best") or {}, Path(summary["best_weights"]),
                         float(summary.get("train_seconds") or 0.0), int(summary.get("steps") or 0))
     plan = plan_run(run.config, resume="auto" if run.state == "resume" else None)
@@ -274,7 +273,7 @@ def _train(run: DemoRun, progress: bool, overall: Progress) -> _Trained:
     if result.status != "completed":
         raise DemoInterrupted(f"interrupted during the {run.name} run at step {result.steps}/"
                               f"{result.total_steps}")
-    overall.update(run.config.train.iterations - done[0])  # steps a resumed run did before
+    overall.set_total(overall.total - (run.config.train.iterations - done[0]))  # done before
     return _Trained(result.best or {}, Path(result.best_weights), result.train_seconds, result.steps)
 
 
