@@ -207,7 +207,8 @@ def run_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
             note = {"done": " (finished before: kept)", "resume": " (continuing where it stopped)"}
             tell(f"[{index}/{len(runs)}] {run.name}: {config.model.name}"
                  + (f" distilled from {TEACHER} with {run.name}" if run.role == "distill" else "")
-                 + f", {config.train.iterations} steps of batch {config.train.batch_size} at "
+                 + f", {config.train.iterations} step{'s' if config.train.iterations != 1 else ''} "
+                   f"of batch {config.train.batch_size} at "
                    f"{size.image_size[0]}x{size.image_size[1]}" + note.get(run.state, "")
                  + _so_far(overall, started, index))
             result = _train(run, progress, overall)
