@@ -149,6 +149,10 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         return Case([*train, *FOLDER, "--data", str(tmp / "nowhere")], f"{tmp / 'nowhere'} does not exist")
     if kind == "missing_classes_file":
         return Case(folder_run(lambda d: (d / "classes.yaml").unlink()), "has no classes file")
+    if kind == "malformed_classes_file":
+        return Case(folder_run(lambda d: (d / "classes.yaml").write_text("names: [road, car\ncolors: x\n")),
+                    f"classes file {data / 'classes.yaml'} is not valid YAML: expected ',' or ']', but "
+                    "got ':' at line 2, column 7")
     if kind == "missing_split":
         return Case([*folder_run(lambda d: None), "--set", "data.val_split=test"], "split 'test' not found")
     if kind == "empty_split":
@@ -285,7 +289,7 @@ KINDS = [
     "huge_learning_rate", "zero_batch_size", "paper_schedule_by_iterations", "unknown_model",
     "encoder_as_model",
     "unknown_method", "method_without_teacher", "unknown_dataset", "bad_method_option",
-    "missing_dataset_root", "missing_classes_file", "missing_split", "empty_split",
+    "missing_dataset_root", "missing_classes_file", "malformed_classes_file", "missing_split", "empty_split",
     "image_without_label", "label_without_image", "unreadable_image", "truncated_png",
     "label_16_bit", "label_rgb", "size_mismatch", "label_out_of_range",
     "label_out_of_range_with_workers", "batch_larger_than_dataset",
@@ -297,7 +301,12 @@ KINDS = [
 ]
 
 
-@pytest.mark.parametrize("kind", KINDS)
+#: Cases that first train a run of a bigger network.
+SLOW_KINDS = ("resume_other_architecture",)
+
+
+@pytest.mark.parametrize("kind", [pytest.param(k, marks=pytest.mark.slow) if k in SLOW_KINDS else k
+                                  for k in KINDS])
 def test_bad_input_gives_one_sentence_and_leaves_nothing(tmp_path, capsys, monkeypatch, kind):
     out = tmp_path / "run"
     case = build_case(kind, tmp_path, out, monkeypatch)

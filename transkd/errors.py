@@ -15,3 +15,12 @@ class CheckpointError(TranskdError, ValueError):
 
 class DatasetError(TranskdError, ValueError):
     """A dataset folder, split or file that is missing or malformed."""
+
+
+class DiskFullError(TranskdError):
+    """A file could not be written because the disk or the user's quota is full."""
+
+    def __init__(self, path: object, kept: str,
+                 advice: str = "free some space and run the command again") -> None:
+        self.path, self.kept = path, kept
+        super().__init__(f"cannot write {path}: no space left on device ({kept}); {advice}")

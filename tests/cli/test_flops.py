@@ -71,6 +71,7 @@ def test_bad_input_is_one_line_error(capsys, argv, message) -> None:
     assert len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # a new Python process importing torch
 def test_module_entry_point_prints_json() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "transkd", "flops", "segformer_b0", *SMALL, "--json"],

@@ -95,7 +95,7 @@ def test_bad_input_is_one_sentence_and_leaves_nothing(tmp_path, capsys, case):
     output = tmp_path / "out"
     args = ["train", *TINY, "--output", str(output)]
     expected = {
-        "missing_root": "camvid root folder",
+        "missing_root": "dataset 'camvid': root folder",
         "missing_split": "split 'val' not found",
         "batch_too_large": "train.batch_size 16 is larger than the 8 samples",
         "teacher_classes": "predicts 19 classes but dataset 'synthetic' needs 10",

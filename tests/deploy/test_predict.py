@@ -85,6 +85,8 @@ def test_masks_overlays_and_raw_at_input_size_in_palette_colours(student_file, m
     legend = json.loads((out / "classes.json").read_text())
     assert legend["class_names"] == ["road", "car", "sky"] and legend["palette"] == PALETTE
     assert legend["resize"] == {"short_side": 40} and legend["palette_generated"] is False
+    picture = Image.open(out / "legend.png").convert("RGB")  # the same legend as a picture
+    assert {tuple(c) for c in PALETTE} <= {c for _, c in picture.getcolors(1 << 16)}
     assert not [p for p in out.rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 

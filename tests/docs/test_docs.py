@@ -28,6 +28,7 @@ def _read(name: str) -> str:
 
 # --------------------------------------------------------------------------- the pages run
 
+@pytest.mark.slow  # every command of every page: minutes on a CPU
 @pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(REPO)) for p in PAGES])
 def test_page_runs(page, tmp_path):
     """Every command and Python block of the page, in order, in a fresh folder."""
@@ -123,10 +124,12 @@ def _formatted(rows):
     return [(name, f"{params / 1e6:.2f}", f"{macs / 1e9:.2f}") for name, params, macs in rows]
 
 
+@pytest.mark.slow  # profiles every model at 512x1024
 def test_model_size_table_matches_the_profiler():
     assert _table(_read("models.md"), "model") == _formatted(check_docs.size_rows())
 
 
+@pytest.mark.slow
 def test_training_size_table_matches_the_profiler():
     assert _table(_read("models.md"), "method (B2 → B0)") == \
         _formatted(check_docs.training_size_rows())

@@ -102,6 +102,7 @@ def run_in_process(command: str, args: list[str], run_dir, *extra: str) -> str:
     return str(run_dir)
 
 
+@pytest.mark.slow  # real processes, killed and resumed
 def test_plain_run_killed_at_a_random_step_resumes_bit_identically(tmp_path, capsys):
     kill_at = random.Random(KILL_SEED).randint(3, 9)
     run_in_process("train", RUN, tmp_path / "straight")
@@ -125,6 +126,7 @@ def test_plain_run_killed_at_a_random_step_resumes_bit_identically(tmp_path, cap
     assert len(resumed) == 1 and resumed[0]["step"] == saved_step
 
 
+@pytest.mark.slow
 def test_distillation_killed_at_a_random_step_resumes_student_and_adapters_bit_identically(
         tmp_path, capsys):
     kill_at = random.Random(KILL_SEED + 1).randint(3, 9)
@@ -152,6 +154,7 @@ def test_distillation_killed_at_a_random_step_resumes_student_and_adapters_bit_i
 SHORT = [arg.replace(f"train.iterations={STEPS}", "train.iterations=4") for arg in RUN]
 
 
+@pytest.mark.slow  # three short runs
 def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, capsys):
     run_dir = tmp_path / "run"
     four = [a.replace("schedule.warmup_iters=3", "schedule.warmup_iters=2") for a in SHORT]
@@ -177,6 +180,7 @@ def test_truncated_last_checkpoint_falls_back_to_the_previous_one(tmp_path, caps
     assert sorted(p.name for p in checkpoints.iterdir()) == ["last.pt", "previous.pt"]
 
 
+@pytest.mark.slow
 def test_corrupt_bytes_inside_a_checkpoint_are_detected(tmp_path, capsys):
     """A flipped bit in the tensor data leaves a readable zip; the stored digest catches it."""
     run_dir = tmp_path / "run"
@@ -196,11 +200,19 @@ def test_corrupt_bytes_inside_a_checkpoint_are_detected(tmp_path, capsys):
     assert "no previous checkpoint" in lines[0]
 
 
+#: The Ctrl-C run: long enough that the signal lands mid-run however busy the machine is, with
+#: no checkpoint but the one the interruption writes.
+LONG = 400
+SIGNALLED = [a.replace(f"train.iterations={STEPS}", f"train.iterations={LONG}")
+             .replace("train.checkpoint_interval=1", "train.checkpoint_interval=1000") for a in RUN]
+
+
+@pytest.mark.slow  # a real process; the in-process test below checks the same in a second
 def test_sigint_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     """Ctrl-C in a real process: a checkpoint of the current step, a message, exit code 130,
     no traceback; resuming it finishes the run."""
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "transkd", "train", *RUN, "--output", str(run_dir)],
+    proc = subprocess.Popen([sys.executable, "-m", "transkd", "train", *SIGNALLED, "--output", str(run_dir)],
                             env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     try:
@@ -217,9 +229,53 @@ def test_sigint_saves_a_resumable_checkpoint_and_exits_cleanly(tmp_path):
     assert "Traceback" not in err
     assert "interrupted after" in out and "--resume auto" in out
     step = load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"]
-    assert 2 <= step < STEPS
+    assert 2 <= step < LONG
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["steps"] == step
 
-    assert main(["train", *RUN, "--output", str(run_dir), "--resume", "auto"]) == 0
-    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == STEPS
+    shorter = [*SIGNALLED, "--set", f"train.iterations={step + 2}"]
+    assert main(["train", *shorter, "--output", str(run_dir), "--resume", "auto"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == step + 2
+
+
+def test_ctrl_c_stops_at_the_next_step_boundary_whatever_the_code_does_with_it(tmp_path, capfd,
+                                                                               monkeypatch):
+    """The signal only sets a flag (an exception raised inside a finaliser or a library that
+    catches it would be lost); the run stops after the step it arrived in, at exactly that step."""
+    from transkd.engine.trainer import Trainer
+
+    original = Trainer._train_step
+    calls = []
+
+    def step_then_signal(self, *args):
+        stats = original(self, *args)
+        calls.append(1)
+        if len(calls) == 3:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # arrives inside code that swallows it
+            except KeyboardInterrupt:
+                pytest.fail("the signal raised instead of setting the stop flag")
+        return stats
+
+    monkeypatch.setattr(Trainer, "_train_step", step_then_signal)
+    run_dir = tmp_path / "run"
+    assert main(["train", *SIGNALLED, "--output", str(run_dir)]) == 130
+    out, err = capfd.readouterr()
+    assert "interrupted after 3/400 steps" in out and "stopping after the current step" in err
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["position"]["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_resuming_a_finished_run_names_its_files(tmp_path, capsys):
+    """The best student exported before is still the best one: the summary names it (and lists
+    TensorBoard only when it was written)."""
+    run_dir = tmp_path / "run"
+    run_in_process("train", SHORT, run_dir)
+    capsys.readouterr()
+    run_in_process("train", SHORT, run_dir, "--resume", "auto")
+    out = capsys.readouterr().out
+    assert (f"deployable student: {run_dir / 'best' / 'student.safetensors'} (best), "
+            f"{run_dir / 'last' / 'student.safetensors'} (last)") in out
+    assert "TensorBoard" not in out and not (run_dir / "tensorboard").exists()
+    assert json.loads((run_dir / "summary.json").read_text())["best_weights"] == \
+        str(run_dir / "best" / "student.safetensors")

@@ -58,6 +58,7 @@ def test_plain_training_writes_the_run_folder(tmp_path):
     assert summary["status"] == "completed" and summary["best"]["miou"] == result.best["miou"]
 
 
+@pytest.mark.slow  # two runs, one interrupted and resumed
 def test_interrupted_run_resumes_bit_identically(tmp_path, monkeypatch):
     extra = ["train.epochs=2", "train.checkpoint_interval=100", "model.options={drop_path_rate: 0.2}"]
     reference = run_module.run(tiny_config(tmp_path, *extra, name="straight"))

@@ -1,6 +1,7 @@
 import json
 import re
 from html.parser import HTMLParser
+from pathlib import Path
 
 import pytest
 import torch
@@ -81,6 +82,7 @@ def assert_png(path):
         image.verify()
 
 
+@pytest.mark.slow  # trains three tiny runs first
 def test_report_of_engine_runs(engine_runs, tmp_path):
     runs = [engine_runs / name for name in ("kd", "student", "teacher")]
     result = write_report(runs, output=tmp_path / "out", samples=2)
@@ -113,6 +115,7 @@ def test_report_of_engine_runs(engine_runs, tmp_path):
         assert f"](figures/{path.name})" in markdown
     assert not list(result.figures.glob(".*"))  # no staging leftovers
     assert "| road |" in markdown and "| car |" in markdown  # class names of the run's dataset
+    assert "the legend under the grid names each colour" in markdown
     assert markdown.count("<details><summary>resolved config of") == 3
     assert "  name: segformer_b1" in markdown
     page = result.html.read_text()
@@ -121,6 +124,7 @@ def test_report_of_engine_runs(engine_runs, tmp_path):
     assert result.notes == []
 
 
+@pytest.mark.slow  # trains three tiny runs first
 def test_cli_report_of_a_folder_of_runs_writes_into_its_root(engine_runs, capsys):
     code = main(["report", str(engine_runs), "--samples", "1"])
     out, err = capsys.readouterr()
@@ -212,7 +216,7 @@ def test_dataset_that_is_gone_skips_predictions_with_a_note(tmp_path):
                                                      "data.options={}", "data.val_options={}",
                                                      "protocol.image_size=null"], 0.4)
     result = write_report([run_dir])
-    assert result.markdown == run_dir / "report" / "REPORT.md"
+    assert result.markdown.resolve() == tmp_path / "report" / "REPORT.md"  # beside the run
     markdown = result.markdown.read_text()
     assert "camvid_b0: validation data not available" in markdown and str(tmp_path / "gone") in markdown
     assert "| sky |" in markdown  # CamVid's class names, without the data
@@ -241,4 +245,15 @@ def test_bad_inputs_are_one_sentence_and_write_nothing(fake_runs, tmp_path, caps
     err = capsys.readouterr().err.strip()
     assert code == 2 and "metrics.jsonl is not a metrics file of JSON lines" in err
     assert not any((run / "report").exists() for run in fake_runs.values())
+    assert not (tmp_path / "runs" / "report").exists()
     assert as_file.read_text() == "x"
+
+
+def test_default_folder_is_report_beside_the_runs_and_is_announced(fake_runs, tmp_path, capsys,
+                                                                   monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code = main(["report", "runs/teacher", "runs/student", "--samples", "0"])
+    out = capsys.readouterr().out
+    assert code == 0 and (tmp_path / "runs" / "report" / "REPORT.md").is_file()
+    assert f"writing the report to {Path('runs/report')}" in out
+    assert "runs/report/REPORT.md and runs/report/report.html" in out

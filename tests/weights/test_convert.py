@@ -52,7 +52,8 @@ def assert_same_state(got: dict, expected: dict) -> None:
 ROUND_TRIPS = [
     ("segformer_b0", "nvlabs", "auto"), ("segformer_b0", "hf", "legacy"), ("segformer_b0", "hf", "stages"),
     ("segformer_b0", "transkd", "auto"),
-    ("segformer_b2", "nvlabs", "auto"), ("segformer_b2", "hf", "legacy"), ("segformer_b2", "hf", "stages"),
+    *(pytest.param("segformer_b2", fmt, layout, marks=pytest.mark.slow)  # 27 M parameters
+      for fmt, layout in (("nvlabs", "auto"), ("hf", "legacy"), ("hf", "stages"))),
     ("pvtv2_b0_fpn", "nvlabs", "auto"), ("pvtv2_b0_fpn", "mmseg", "auto"),
     ("pvtv2_b0_fpn", "transkd", "auto"),
 ]

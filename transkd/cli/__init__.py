@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from .. import __version__
-from ..errors import TranskdError
+from ..errors import DiskFullError, TranskdError
 
 #: Subcommand modules, in the order ``transkd --help`` lists them.
 SUBCOMMANDS = ("demo", "train", "distill", "eval", "flops", "predict", "export", "bench",
@@ -55,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
         if debug:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a write the library does not guard itself, on a full disk
+        from ..weights.io import disk_full  # deferred: torch is not needed to print --help
+
+        if debug or not disk_full(exc):
+            raise
+        print(f"error: {DiskFullError(exc.filename or 'a file', 'files written before are kept')}",
+              file=sys.stderr)
         return 2
 
 

@@ -94,6 +94,7 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
     role = "student" if config.method_names else "network"
     say(f"deployable {role}: {result.best_weights} (best), {result.last_weights} (last)")
     say(f"resumable checkpoint: {result.checkpoint}")
+    tensorboard = f"TensorBoard: {plan.run_dir / 'tensorboard'}; " if config.train.tensorboard else ""
     say(f"config: {plan.run_dir / 'config.yaml'}; metrics: {plan.run_dir / 'metrics.jsonl'}; "
-        f"TensorBoard: {plan.run_dir / 'tensorboard'}; summary: {plan.run_dir / 'summary.json'}")
+        f"{tensorboard}summary: {plan.run_dir / 'summary.json'}")
     return 0

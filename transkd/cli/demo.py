@@ -1,12 +1,13 @@
-"""``transkd demo``: the whole job on synthetic data in about five minutes on a CPU."""
+"""``transkd demo``: the whole job on synthetic data in minutes on a CPU."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+import shlex
 
-from ..errors import ConfigError
 from ._common import say
+
+DEFAULT_OUTPUT = "runs/demo"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -14,42 +15,60 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "demo", help="train a teacher, a plain student and TransKD students on synthetic data",
         description="No data needed: trains a SegFormer-B1 teacher, a plain SegFormer-B0 student and "
                     "TransKD students on synthetic street scenes, then prints a table (val mIoU, "
-                    "params, MACs, train time) and writes curves and sample predictions.")
-    parser.add_argument("--output", default="runs/demo", metavar="DIR",
-                        help="demo folder (default runs/demo; must not hold a previous demo)")
+                    "params, MACs, train time) and writes curves and sample predictions. Run again "
+                    "with the same options, an interrupted demo continues where it stopped.")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
+                        help="demo folder (default runs/demo; new, empty, or a demo to continue)")
     parser.add_argument("--minutes", type=float, default=5.0,
-                        help="time budget on 2 CPU cores; training lengths scale with it (default 5)")
-    parser.add_argument("--methods", default="transkd_base,transkd_gl,transkd_ea",
-                        help="comma-separated distillation methods (default: the three TransKD variants)")
+                        help="training length, in minutes of an idle 2-core CPU; lengths scale with it "
+                             "(default 5; the whole demo takes about twice that)")
+    parser.add_argument("--methods",
+                        help="comma-separated distillation methods (default: the three TransKD "
+                             "variants; with --tiny, transkd_base)")
     parser.add_argument("--tiny", action="store_true",
-                        help="a seconds-long smoke run at 32x64 with a handful of images")
+                        help="a seconds-long smoke run: one step per network at 32x64")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars or lines")
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..distill import get_method
-    from ..engine.demo import results_table, run_demo
-    from ..engine.run import check_output_dir
+    from ..recipes.demo import DemoInterrupted, results_table, run_demo
 
-    if not args.minutes > 0:
-        raise ConfigError(f"--minutes must be positive, got {args.minutes}")
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    for method in methods:
-        get_method(method)
-    output = Path(args.output)
-    check_output_dir(output, resuming=False)
-    if output.is_dir() and any(output.iterdir()):
-        raise ConfigError(f"demo folder {output} is not empty; choose another with --output")
-    say(f"demo folder: {output}")
-    summary = run_demo(output, minutes=args.minutes, tiny=args.tiny, methods=methods, seed=args.seed,
-                       report=say)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    say(f"demo folder: {args.output}")
+    try:
+        summary = run_demo(args.output, minutes=args.minutes, tiny=args.tiny, methods=methods,
+                           seed=args.seed, report=say, progress=not args.no_progress)
+    except (DemoInterrupted, KeyboardInterrupt) as exc:
+        reason = f" {exc}" if str(exc) else ""
+        say(f"interrupted{reason}; run `{again(args)}` again to continue")
+        return 130
+    output = args.output
+    folders = ", ".join(f"{output}/{row['run']}" for row in summary["rows"])
     say()
     say(results_table(summary))
     say()
-    say(f"table: {output / 'results.md'} (and results.json)")
-    say(f"curves: {summary['curves']}; sample predictions: {summary['predictions']}/grid.png")
+    say(f"table: {output}/results.md (and results.json)")
+    say(f"curves: {summary['curves']}; sample predictions: {summary['predictions']}/grid.png "
+        f"(colour legend: {summary['predictions']}/legend.png)")
     say(f"per-run folders (config.yaml, metrics.jsonl, checkpoints, student.safetensors): "
-        f"{', '.join(str(output / row['run']) for row in summary['rows'])}")
+        f"{folders}")
     return 0
+
+
+def again(args: argparse.Namespace) -> str:
+    """The command that continues this demo: the same options."""
+    words = ["transkd", "demo"]
+    if args.tiny:
+        words.append("--tiny")
+    if args.minutes != 5.0:
+        words += ["--minutes", f"{args.minutes:g}"]
+    if args.methods is not None:
+        words += ["--methods", args.methods]
+    if args.seed != 0:
+        words += ["--seed", str(args.seed)]
+    if args.output != DEFAULT_OUTPUT:
+        words += ["--output", args.output]
+    return shlex.join(words)

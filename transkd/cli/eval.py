@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from ..engine.score import evaluate_checkpoint
 from ._common import class_table, context_line, percent, say
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     extra = [f"data.name={yaml_string(args.dataset)}"] if args.dataset is not None else []
     score = evaluate_checkpoint(args.model, config_file=args.config,
                                 overrides=config_overrides(args, extra), split=args.split,
-                                last=args.last, progress=not args.no_progress and sys.stderr.isatty())
+                                last=args.last, progress=not (args.no_progress or args.json))
     if args.json:
         say(json.dumps(score.record(), indent=2))
         return 0

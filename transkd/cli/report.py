@@ -19,8 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "best network and each resolved config. Nothing is retrained.")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR",
                         help="run folders written by transkd train/distill, or a folder holding runs")
-    add_output(parser, "DIR", "folder for the report (default: a folder of runs itself, else the "
-                              "first run's report/)")
+    add_output(parser, "DIR", "folder for the report (default: a folder of runs itself, else "
+                              "report/ in the folder holding the runs)")
     parser.add_argument("--samples", type=int, default=3, metavar="N",
                         help="validation images in the sample predictions (default 3; 0: none)")
     parser.set_defaults(run=run)

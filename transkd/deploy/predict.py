@@ -8,7 +8,8 @@ straight to the original size before the arg-max, so every output has the input'
 Outputs under the output folder, one PNG per input named after it:
 ``masks/<name>.png`` (palette PNG: pixel value = class id, shown in the class colours),
 ``overlays/<name>.png`` (the mask blended over the image) and, on request, ``raw/<name>.png``
-(grey-level class ids). ``classes.json`` records names, colours and the settings used. Every file
+(grey-level class ids). ``classes.json`` records names, colours and the settings used, and
+``legend.png`` shows which colour is which class. Every file
 is written to a temporary name and renamed, so an interrupted run leaves no half-written PNG.
 """
 
@@ -28,6 +29,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from ..data.transforms import Normalize, Resize, resize_image
+from ..engine.visualize import legend_image
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceOptions, is_size, predict_logits
 from ..weights.io import atomic_write
@@ -404,6 +406,7 @@ def _write_legend(student: Student, output_dir: Path, resize: ResizeSpec, result
     }
     text = json.dumps(legend, indent=2) + "\n"
     atomic_write(output_dir / "classes.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+    write_png(output_dir / "legend.png", legend_image(student.class_names, student.palette))
 
 
 def resolve_device(name: str = "auto") -> str:

@@ -116,7 +116,8 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
         stale.unlink(missing_ok=True)
 
     def write(tmp: str) -> None:
-        torch.save(payload, tmp)
+        with open(tmp, "wb") as fh:  # a file object: a full disk surfaces as OSError(ENOSPC)
+            torch.save(payload, fh)
         _keep_as_previous(path)
 
     return atomic_write(path, write)

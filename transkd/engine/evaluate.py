@@ -13,9 +13,9 @@ from collections.abc import Iterable
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from ..inference import InferenceOptions, predict_logits
+from .progress import Progress
 
 
 class ConfusionMatrix:
@@ -102,14 +102,14 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     was_training = model.training
     model.eval()
-    batches = loader
-    if progress:
-        batches = tqdm(loader, desc="evaluate", unit="batch", leave=False)
+    total = len(loader) if hasattr(loader, "__len__") else 0
+    bar = Progress(total, description="evaluate", unit="batch", enabled=progress and total > 0,
+                   interval=max(1, total // 10), quiet_for=10.0)
     autocast = (torch.autocast(device_type=device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
     try:
         with torch.inference_mode():
-            for batch in batches:
+            for batch in loader:
                 images = batch["image"].to(device, non_blocking=True)
                 labels = batch["label"].to(device, non_blocking=True)
                 with autocast:
@@ -120,7 +120,9 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
                     raise ValueError(f"the model gives {logits.shape[1]} outputs but the dataset has "
                                      f"{num_classes} classes")
                 cm.update(logits[:, :num_classes].argmax(dim=1), labels)
+                bar.update(1)
     finally:
+        bar.close()
         model.train(was_training)
     cm.all_reduce()
     result = cm.metrics()

@@ -1,5 +1,6 @@
-"""Where training numbers go: a JSONL file (one record per line), TensorBoard events, and a
-tqdm progress bar on the terminal. Only the main process (rank 0) writes anything.
+"""Where training numbers go: a JSONL file (one record per line) and TensorBoard events (the
+progress shown while training is :mod:`transkd.engine.progress`). Only the main process (rank 0)
+writes anything.
 
 JSONL records carry ``"kind"``: ``"train"`` (every loss term, lr, step/data time), ``"val"``
 (mIoU, pixel accuracy, per-class IoU), ``"teacher_val"`` (the teacher's own score, logged once
@@ -10,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
+from ..errors import DiskFullError
 from ..jsonsafe import json_safe
+from ..weights.io import disk_full
 
 
 class MetricsLogger:
@@ -41,8 +41,13 @@ class MetricsLogger:
             return
         values.pop("step", None)
         record = {"kind": kind, "step": step, "time": round(time.time(), 3), **values}
-        self._file.write(json.dumps(json_safe(record)) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(json_safe(record)) + "\n")
+            self._file.flush()
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            raise DiskFullError(self.path, "the records before are kept") from None
         if self._writer is not None:
             for key, value in values.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
@@ -97,9 +102,3 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     last = {key(r): i for i, r in enumerate(records) if key(r) is not None}
     return [r for i, r in enumerate(records) if key(r) is None or last[key(r)] == i]
 
-
-def progress_bar(total: int, initial: int, enabled: bool, description: str) -> tqdm:
-    """A terminal progress bar over optimiser steps; silent off the main rank and off a tty."""
-    disable = True if not enabled else (None if sys.stderr.isatty() else True)
-    return tqdm(total=total, initial=initial, disable=disable, desc=description, unit="step",
-                dynamic_ncols=True, leave=False)

@@ -242,21 +242,24 @@ def _stamp(path: Path) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> RunResult:
+def execute(plan: RunPlan, announce: Callable[[str], None] | None = None, progress: bool = True,
+            on_step: Callable[[], None] | None = None) -> RunResult:
     """Write ``config.yaml``, build the networks, train; returns the :class:`RunResult`.
 
-    ``announce`` (if given) is told each validation result as a line of text. A failure before
-    the first checkpoint leaves the output folder as it was (see :class:`StartGuard`)."""
+    ``announce`` (if given) is told each validation result as a line of text; ``progress`` and
+    ``on_step`` go to the :class:`Trainer`. A failure before the first checkpoint leaves the
+    output folder as it was (see :class:`StartGuard`)."""
     guard = StartGuard(plan.run_dir) if plan.env.is_main else None
     try:
-        return _execute(plan, announce)
+        return _execute(plan, announce, progress, on_step)
     except BaseException:
         if guard is not None:
             guard.undo()
         raise
 
 
-def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult:
+def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bool,
+             on_step: Callable[[], None] | None) -> RunResult:
     config, env = plan.config, plan.env
     barrier(env)  # every rank has checked the output folder before the first one writes to it
     if env.is_main:
@@ -273,7 +276,8 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult
     trainer = Trainer(config, distiller, train_set, val_set, num_classes=plan.bundle.num_classes,
                       run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
                       resume=plan.resume,
-                      metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce)
+                      metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce,
+                      progress=progress, on_step=on_step)
     config.schedule.check_length(trainer.total_steps)
     if announce is not None and env.is_main:
         announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch))

@@ -20,8 +20,6 @@ import json
 import math
 import os
 import random
-import signal
-import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -36,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..distill import Distiller
-from ..errors import TranskdError
+from ..errors import DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..weights.io import load_state_strict
 from .checkpoint import (
@@ -56,7 +54,9 @@ from .distributed import (
     wrap_ddp,
 )
 from .evaluate import InferenceOptions, evaluate
-from .logging import MetricsLogger, progress_bar
+from .interrupt import StopRequest
+from .logging import MetricsLogger
+from .progress import Progress
 from .schedule import LRSchedule, ScheduleSpec
 
 
@@ -116,23 +116,6 @@ def determinism(enabled: bool, device: torch.device):
         torch.backends.cudnn.benchmark = previous_benchmark
 
 
-@contextlib.contextmanager
-def sigterm_as_interrupt():
-    """Treat SIGTERM (cluster pre-emption) like Ctrl-C: save a resumable checkpoint and stop."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
@@ -156,16 +139,21 @@ class Trainer:
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
     ``metadata`` is written into the exported deployable network (dataset classes, palette,
-    protocol) so the file alone is enough for prediction.
+    protocol) so the file alone is enough for prediction. ``progress`` turns the step bar (or,
+    off a terminal, the progress lines) on or off; ``on_step`` is called after every step (the
+    demo's overall progress).
     """
 
     def __init__(self, config: Config, distiller: Distiller, train_set, val_set, *,
                  num_classes: int, run_dir: Path | None, env: DistEnv | None = None,
                  device: torch.device | str = "cpu", resume: Path | None = None,
                  metadata: dict[str, Any] | None = None,
-                 announce: Callable[[str], None] | None = None) -> None:
+                 announce: Callable[[str], None] | None = None, progress: bool = True,
+                 on_step: Callable[[], None] | None = None) -> None:
         self.config = config
         self.announce = announce
+        self.progress = progress
+        self.on_step = on_step
         self.distiller = distiller
         self.train_set = train_set
         self.val_set = val_set
@@ -176,6 +164,7 @@ class Trainer:
         self.resume = resume
         self.metadata = dict(metadata or {})
         self.is_main = self.env.is_main and self.run_dir is not None
+        self.stop = StopRequest()  # replaced by the installed one while fit() runs
 
         train = config.train
         self.batch_size = train.batch_size
@@ -231,7 +220,8 @@ class Trainer:
 
     def fit(self) -> RunResult:
         config = self.config
-        with determinism(config.train.deterministic, self.device), sigterm_as_interrupt():
+        with determinism(config.train.deterministic, self.device), StopRequest() as stop:
+            self.stop = stop
             return self._fit()
 
     def _fit(self) -> RunResult:
@@ -289,11 +279,19 @@ class Trainer:
         self.rng_at_step = capture_rng_state()
         start = time.perf_counter()
         status = "completed"
-        bar = progress_bar(self.total_steps, self.position.step, self.is_main,
-                           f"{distiller.method_name} {getattr(distiller.student, 'model_name', '')}")
+        network = getattr(distiller.student, "model_name", "student")
+        bar = Progress(self.total_steps, initial=self.position.step, enabled=self.is_main and self.progress,
+                       description=network if distiller.method_name == "none"
+                       else f"{network} {distiller.method_name}",
+                       interval=config.train.log_interval)
         state = (model, optimizer, schedule, scaler, train_loader, val_loader, logger, bar)
         try:
             self._loop(*state, start)
+        except DiskFullError as exc:
+            if self.checkpoint_path is None:
+                raise
+            raise DiskFullError(exc.path, exc.kept, "free some space and continue the run with "
+                                "--resume auto") from None
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
@@ -323,6 +321,7 @@ class Trainer:
         window: dict[str, float] = defaultdict(float)
         window_steps = 0
         while pos.step < self.total_steps:
+            self._check_stop()
             self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.batch_size)
             batches = iter(train_loader)
             self._set_train_mode()
@@ -341,25 +340,39 @@ class Trainer:
                     for key, value in stats.items():
                         window[key] += value
                     window_steps += 1
-                bar.update(1)
+                shown: dict[str, float] = {}
                 if window_steps and (pos.step % self.config.train.log_interval == 0
                                      or pos.step == self.total_steps):
                     averages = mean_over_ranks({k: v / window_steps for k, v in window.items()},
                                                self.env, self.device)
                     logger.log("train", pos.step, epoch=pos.epoch + pos.batch / per_epoch_batches,
                                lr=lr, **averages)
-                    bar.set_postfix(loss=f"{averages.get('loss', float('nan')):.4f}", lr=f"{lr:.2e}")
+                    shown = {"loss": averages.get("loss", float("nan")), "lr": lr,
+                             "images/s": averages.get("images_per_s", float("nan"))}
                     window.clear()
                     window_steps = 0
+                bar.update(1, **shown)
+                if self.on_step is not None:
+                    self.on_step()
                 if not self.by_epochs:
                     self._after_interval(pos.step, pos.step == self.total_steps, val_loader, logger,
                                          optimizer, schedule, scaler, start)
+                if pos.step < self.total_steps:
+                    self._check_stop()
             if pos.batch >= per_epoch_batches:
                 pos.epoch += 1
                 pos.batch = 0
                 if self.by_epochs:
                     self._after_interval(pos.epoch, pos.step >= self.total_steps, val_loader,
                                          logger, optimizer, schedule, scaler, start)
+
+    def _check_stop(self) -> None:
+        """Stop here (a step boundary) if Ctrl-C or SIGTERM arrived on any process."""
+        requested = self.stop.requested is not None
+        if self.env.enabled:
+            requested = any_true(requested, self.env, self.device)
+        if requested:
+            raise KeyboardInterrupt
 
     def _after_interval(self, count: int, final: bool, val_loader, logger, optimizer, schedule,
                         scaler, start: float) -> None:
@@ -449,7 +462,8 @@ class Trainer:
     def _evaluate(self, network: nn.Module, loader: DataLoader) -> dict[str, Any]:
         started = time.perf_counter()
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
-                           inference=self.inference, device=self.device, amp_dtype=self.amp_dtype)
+                           inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
+                           progress=self.is_main and self.progress)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 
@@ -517,6 +531,9 @@ class Trainer:
         self.skipped = int(checkpoint.get("skipped_steps", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.checkpoint_path = Path(path)
+        if self.best is not None and self.run_dir is not None:  # exported when that best was scored
+            best = self.run_dir / "best" / "student.safetensors"
+            self.best_weights = best if best.is_file() else None
         return checkpoint["rng"]
 
     def _write_summary(self, result: RunResult) -> None:

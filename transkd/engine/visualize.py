@@ -1,4 +1,5 @@
-"""Pictures of a run: colour masks in the dataset palette, overlays, loss and mIoU curves."""
+"""Pictures of a run: colour masks in the dataset palette, overlays, a colour legend (class name →
+colour, so a mask can be read without the palette at hand), loss and mIoU curves."""
 
 from __future__ import annotations
 
@@ -31,6 +32,36 @@ def overlay(image: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarr
     return mixed.clip(0, 255).astype(np.uint8)
 
 
+def legend_entries(class_names: Sequence[str], palette: Sequence[Sequence[int]],
+                   ignore: bool = True) -> list[tuple[str, tuple[int, int, int]]]:
+    """(name, RGB) of every class, then ``ignored`` in the void colour."""
+    entries = [(str(name), tuple(int(v) for v in colour)) for name, colour in zip(class_names, palette)]
+    return entries + ([("ignored", VOID_COLOR)] if ignore else [])
+
+
+def legend_image(class_names: Sequence[str], palette: Sequence[Sequence[int]], columns: int = 4,
+                 ignore: bool = True) -> Image.Image:
+    """A small picture of the colour legend: a swatch and the class name per entry."""
+    from PIL import ImageDraw, ImageFont
+
+    entries = legend_entries(class_names, palette, ignore)
+    font = ImageFont.load_default()
+    draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_width = max(int(draw.textlength(name, font=font)) for name, _ in entries)
+    swatch, pad = 14, 6
+    cell = swatch + pad + text_width + 2 * pad
+    columns = max(1, min(columns, len(entries)))
+    rows = -(-len(entries) // columns)
+    image = Image.new("RGB", (columns * cell + pad, rows * (swatch + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for index, (name, colour) in enumerate(entries):
+        x = pad + (index % columns) * cell
+        y = pad + (index // columns) * (swatch + pad)
+        draw.rectangle((x, y, x + swatch, y + swatch), fill=colour, outline=(128, 128, 128))
+        draw.text((x + swatch + pad, y + 1), name, fill=(0, 0, 0), font=font)
+    return image
+
+
 @torch.no_grad()
 def predict_label(model: nn.Module, image: torch.Tensor, out_size: tuple[int, int],
                   num_classes: int) -> np.ndarray:
@@ -49,9 +80,10 @@ def predict_label(model: nn.Module, image: torch.Tensor, out_size: tuple[int, in
 
 def save_predictions(models: Mapping[str, nn.Module], raw_dataset, transformed_dataset,
                      indices: Sequence[int], out_dir: str | Path, palette, num_classes: int,
-                     ignore_index: int = 255) -> list[Path]:
+                     ignore_index: int = 255, class_names: Sequence[str] | None = None) -> list[Path]:
     """For each sample: the image, its ground truth and every model's prediction as colour masks
-    and overlays (``<sample>_<model>_mask.png``/``_overlay.png``), plus one ``grid.png``."""
+    and overlays (``<sample>_<model>_mask.png``/``_overlay.png``), plus one ``grid.png``; with
+    ``class_names``, the grid carries the colour legend and ``legend.png`` holds it alone."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -73,22 +105,32 @@ def save_predictions(models: Mapping[str, nn.Module], raw_dataset, transformed_d
                 written.append(path)
             row.append((name, mask))
         rows.append(row)
+    legend = legend_entries(class_names, palette) if class_names else None
+    if legend:
+        legend_image(class_names, palette).save(out_dir / "legend.png")
+        written.append(out_dir / "legend.png")
     if rows:
-        written.append(_grid(rows, out_dir / "grid.png"))
+        written.append(_grid(rows, out_dir / "grid.png", legend))
     return written
 
 
-def _grid(rows: list[list[tuple[str, np.ndarray]]], path: Path) -> Path:
+def _grid(rows: list[list[tuple[str, np.ndarray]]], path: Path,
+          legend: list[tuple[str, tuple[int, int, int]]] | None = None) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     cols = len(rows[0])
     height, width = rows[0][0][1].shape[:2]
     panel = 1.8  # inches per panel height
+    fig_width = max(cols * panel * width / height, 4.0)
+    columns = max(1, int(fig_width // 1.3))
+    legend_rows = -(-len(legend) // columns) if legend else 0
+    legend_height = 0.22 * legend_rows + (0.15 if legend else 0)
     fig, axes = plt.subplots(len(rows), cols, squeeze=False,
-                             figsize=(cols * panel * width / height, len(rows) * panel + 0.4))
+                             figsize=(fig_width, len(rows) * panel + 0.4 + legend_height))
     for r, row in enumerate(rows):
         for c, (title, picture) in enumerate(row):
             ax = axes[r][c]
@@ -97,7 +139,14 @@ def _grid(rows: list[list[tuple[str, np.ndarray]]], path: Path) -> Path:
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(title, fontsize=8)
-    fig.tight_layout()
+    if legend:
+        handles = [Patch(facecolor=np.asarray(colour) / 255, edgecolor="grey", label=name)
+                   for name, colour in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=7, frameon=False,
+                   handlelength=1.2, columnspacing=1.0)
+        fig.tight_layout(rect=(0, legend_height / fig.get_figheight(), 1, 1))
+    else:
+        fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -9,6 +9,7 @@ sample predictions and each resolved config; every number says how it was measur
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
@@ -239,7 +240,8 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
         target = figures / f"predictions{suffix}.png"
         with tempfile.TemporaryDirectory(dir=figures, prefix=".predictions-") as staging:
             save_predictions(models, dataset, data.transformed(first), indices, staging, dataset.palette,
-                             dataset.num_classes, ignore_index=first.config.protocol.ignore_index)
+                             dataset.num_classes, ignore_index=first.config.protocol.ignore_index,
+                             class_names=dataset.class_names)
             grid = Path(staging) / "grid.png"
             plots.write_atomically(target, lambda tmp, src=grid: shutil.copyfile(src, tmp))
         words = protocol_description(first.config)
@@ -249,8 +251,8 @@ def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData
                                      f"prediction of each run's best network ({', '.join(models)}; the "
                                      "last one where no best was saved), whole-image inference on the "
                                      f"{words['protocol']} evaluation pipeline's input "
-                                     f"({words['input_size']}), shown at the label's size; colours from "
-                                     "the dataset palette, black = ignored."))
+                                     f"({words['input_size']}), shown at the label's size; the legend "
+                                     "under the grid names each colour (black = ignored)."))
     if notes:
         blocks.append(Paragraph("Skipped: " + "; ".join(notes) + "."))
     return blocks, notes
@@ -309,8 +311,22 @@ class ReportResult:
 
 
 def default_output(run_dirs: Sequence[Path], container: Path | None) -> Path:
-    """A demo folder's root, else the first run's ``report/`` sub-folder."""
-    return container if container is not None else run_dirs[0] / "report"
+    """A folder of runs (a demo folder) itself, else ``report/`` in the folder that holds the runs
+    (their nearest common parent: ``runs/report`` for ``runs/teacher runs/student``)."""
+    if container is not None:
+        return container
+    parent = Path(os.path.commonpath([str(path.absolute()) for path in run_dirs]))
+    if len(run_dirs) == 1 or parent in {path.absolute() for path in run_dirs}:
+        parent = run_dirs[0].absolute().parent  # one run, or runs nested in another: beside it
+    return _relative(parent / "report")
+
+
+def _relative(path: Path) -> Path:
+    """``path`` relative to the working folder when it lies inside it (shorter to print)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
 
 
 def prepare_output(path: Path) -> Path:
@@ -347,6 +363,7 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     assign_roles(runs)
     runs = ordered(runs)
     output = prepare_output(output)
+    say(f"writing the report to {output}")
     figures = output / FIGURES_NAME
     title = "Training report: " + ", ".join(r.name for r in runs)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

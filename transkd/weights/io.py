@@ -12,8 +12,10 @@ when it was trained alone (a teacher or a plain baseline, ``transkd train``) and
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFullError
 from ..jsonsafe import json_safe
 from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model
 
@@ -42,11 +44,15 @@ def deployable_file_name(distilled: bool) -> str:
 
 
 def atomic_write(path: str | os.PathLike, write) -> Path:
-    """Call ``write(tmp_path)`` then fsync and rename, so ``path`` is never half-written."""
+    """Call ``write(tmp_path)`` then fsync and rename, so ``path`` is never half-written.
+
+    A full disk (or quota) is :class:`DiskFullError`, one sentence naming ``path``; the
+    temporary file is removed and a previous ``path`` is left as it was."""
     path = Path(path)
     if path.exists() and path.is_dir():
         raise IsADirectoryError(f"cannot write {path}: it is a directory")
     path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
@@ -55,11 +61,43 @@ def atomic_write(path: str | os.PathLike, write) -> Path:
             os.fsync(fh.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual file mode
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
+        full = isinstance(exc, Exception) and disk_full(exc, path.parent)
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if full:
+            kept = f"the previous {path.name} is unchanged" if existed else "nothing was written"
+            raise DiskFullError(path, kept) from None
         raise
     return path
+
+
+#: errno values of a full disk and of an exhausted quota.
+FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
+def disk_full(exc: BaseException, folder: str | os.PathLike | None = None) -> bool:
+    """Whether ``exc`` (or an error it was raised from) means the disk or quota is full.
+
+    Writers wrap the ``OSError``: safetensors in its own error with the OS text, ``torch.save``
+    in a ``RuntimeError`` (with the ``OSError`` as context when it writes to a file object, with
+    nothing when it writes to a path; then ``folder`` having no free space decides)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in FULL_ERRNOS:
+            return True
+        text = str(current)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        current = current.__cause__ or current.__context__
+    if folder is not None and not isinstance(exc, OSError):
+        try:
+            return shutil.disk_usage(folder).free == 0
+        except OSError:
+            return False
+    return False
 
 
 def _umask() -> int:

@@ -124,7 +124,7 @@ def as_root(root: str | os.PathLike | None, dataset: str) -> Path:
         raise DatasetError(f"dataset {dataset!r} needs a root folder (root=...)")
     path = Path(root).expanduser()
     if not path.is_dir():
-        raise DatasetError(f"{dataset} root folder {path} does not exist or is not a folder")
+        raise DatasetError(f"dataset {dataset!r}: root folder {path} does not exist or is not a folder")
     return path
 
 

@@ -37,15 +37,35 @@ def _color(value: Any, where: str) -> Color:
     return (value[0], value[1], value[2])
 
 
+def _parse_classes_file(path: Path) -> Any:
+    """The file's YAML or JSON value; a syntax error is one sentence with its line and column
+    (the parsers' own messages run over several lines and quote the file)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"classes file {path} is not UTF-8 text") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read classes file {path}: {exc.strerror or exc}") from None
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"classes file {path} is not valid JSON: {exc.msg.lower()} at line "
+                              f"{exc.lineno}, column {exc.colno}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        problem = " ".join(str(getattr(exc, "problem", None) or "syntax error").split())
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"classes file {path} is not valid YAML: {problem}{where}") from None
+
+
 class ClassesSpec:
     """The parsed classes file: names, colours, the void value and the mask encoding."""
 
     def __init__(self, path: Path):
-        try:
-            text = path.read_text(encoding="utf-8")
-            data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-        except (OSError, ValueError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot parse classes file {path}: {exc}") from None
+        data = _parse_classes_file(path)
         if not isinstance(data, dict):
             raise ConfigError(f"classes file {path} must hold a mapping with a 'names' list")
         unknown = sorted(set(data) - _CLASSES_KEYS)
