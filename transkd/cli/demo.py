@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"table: {output}/results.md (and results.json)")
     say(f"curves: {summary['curves']}; sample predictions: {summary['predictions']}/grid.png "
         f"(colour legend: {summary['predictions']}/legend.png)")
-    say(f"per-run folders (config.yaml, metrics.jsonl, checkpoints, student.safetensors): "
+    say(f"per-run folders (config.yaml, metrics.jsonl, checkpoints, best/ and last/ networks): "
         f"{folders}")
     return 0
 

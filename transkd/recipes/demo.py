@@ -28,6 +28,7 @@ from ..config import Config, config_from_dict, load_config
 from ..engine.logging import read_metrics
 from ..engine.progress import Progress, duration
 from ..errors import ConfigError, TranskdError
+from ..weights.io import MODEL_FILE
 
 
 @dataclass(frozen=True)
@@ -131,7 +132,7 @@ def plan_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
         get_method(method)
     size = SIZES["tiny" if tiny else "default"]
     output = Path(output)
-    teacher_weights = str(output / "teacher" / "best" / "student.safetensors")
+    teacher_weights = str(output / "teacher" / "best" / MODEL_FILE)
     roles = [("teacher", "teacher", "none"), ("student", "student", "none")]
     roles += [(method, "distill", method) for method in methods]
     runs = [DemoRun(name, role, demo_config(role, size, minutes, output / name, seed, method,
