@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "transkd"
 #: Lowest first. A part imports only parts of lower layers (never its own layer's other parts).
 LAYERS = [
     {"errors", "jsonsafe", "inference"},
+    {"options"},
     {"models"},
     {"data", "profile"},
     {"weights", "distill"},
     {"config"},
     {"engine", "deploy", "profile_report"},
-    {"report"},
+    {"report", "recipes"},
     {"cli"},
     {"__main__"},
 ]

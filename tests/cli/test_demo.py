@@ -104,7 +104,7 @@ def test_demo_presets_match_the_demo():
 def test_colour_masks_use_the_palette_and_draw_void_black():
     import numpy as np
 
-    from transkd.engine.visualize import colorize, legend_image, overlay
+    from transkd.data.colours import colorize, legend_image, overlay
 
     label = np.array([[0, 1], [255, 1]], dtype=np.uint8)
     mask = colorize(label, [(10, 20, 30), (200, 100, 0)])

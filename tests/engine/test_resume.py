@@ -274,8 +274,8 @@ def test_resuming_a_finished_run_names_its_files(tmp_path, capsys):
     capsys.readouterr()
     run_in_process("train", SHORT, run_dir, "--resume", "auto")
     out = capsys.readouterr().out
-    assert (f"deployable student: {run_dir / 'best' / 'student.safetensors'} (best), "
-            f"{run_dir / 'last' / 'student.safetensors'} (last)") in out
+    assert (f"deployable network: {run_dir / 'best' / 'model.safetensors'} (best), "
+            f"{run_dir / 'last' / 'model.safetensors'} (last)") in out
     assert "TensorBoard" not in out and not (run_dir / "tensorboard").exists()
     assert json.loads((run_dir / "summary.json").read_text())["best_weights"] == \
-        str(run_dir / "best" / "student.safetensors")
+        str(run_dir / "best" / "model.safetensors")

@@ -28,8 +28,8 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from ..data.colours import legend_image
 from ..data.transforms import Normalize, Resize, resize_image
-from ..engine.visualize import legend_image
 from ..errors import CheckpointError, ConfigError
 from ..inference import InferenceOptions, is_size, predict_logits
 from ..weights.io import atomic_write

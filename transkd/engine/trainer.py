@@ -36,7 +36,7 @@ from ..config import Config
 from ..distill import Distiller
 from ..errors import DiskFullError, TranskdError
 from ..jsonsafe import json_safe
-from ..weights.io import load_state_strict
+from ..weights.io import deployable_file_name, load_state_strict
 from .checkpoint import (
     capture_rng_state,
     export_weights,
@@ -532,7 +532,7 @@ class Trainer:
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.checkpoint_path = Path(path)
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
-            best = self.run_dir / "best" / "student.safetensors"
+            best = self.run_dir / "best" / deployable_file_name(distilled=len(self.distiller.methods) > 0)
             self.best_weights = best if best.is_file() else None
         return checkpoint["rng"]
 
