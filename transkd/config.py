@@ -523,7 +523,8 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"config key 'distill.method': {exc}") from None
     _check_method_options(config, classes)
     if any(cls.uses_teacher for cls in classes):
-        _require(config.teacher.weights is not None, "teacher.weights",
+        hf_teacher = (config.teacher.name or "").startswith("hf:")  # weights come with the model
+        _require(config.teacher.weights is not None or hf_teacher, "teacher.weights",
                  f"must name the teacher's .safetensors file for method {config.distill.method!r}")
 
     from .data import list_datasets

@@ -292,6 +292,13 @@ class Distiller(nn.Module):
         """The plain deployable student."""
         return self.student
 
+    def teacher_on_student_inputs(self) -> nn.Module | None:
+        """The teacher as a module that takes the student's inputs (for evaluating it on the
+        student's data pipeline): it re-normalises them to the teacher's own mean/std."""
+        if self.teacher is None:
+            return None
+        return Renormalised(self.teacher, normalisation_of(self.student))
+
     @torch.no_grad()
     def teacher_forward(self, images: torch.Tensor) -> SegmentationOutput | None:
         """The teacher's outputs, without autograd, on the images re-normalised to what the
@@ -358,6 +365,20 @@ def renormalise(images: torch.Tensor, source: nn.Module, target: nn.Module) -> t
 
     raw = images * column(std_s) + column(mean_s)
     return (raw - column(mean_t)) / column(std_t)
+
+
+class Renormalised(nn.Module):
+    """``model`` fed with images normalised by ``source`` = (mean, std) instead of its own."""
+
+    def __init__(self, model: nn.Module, source: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+        super().__init__()
+        self.model = model
+        self.input_mean, self.input_std = source
+        self.num_classes = getattr(model, "num_classes", None)
+        self.training = model.training  # a frozen teacher stays in eval mode when this is restored
+
+    def forward(self, images: torch.Tensor, **kwargs: Any):
+        return self.model(renormalise(images, self, self.model), **kwargs)
 
 
 def freeze(model: nn.Module) -> nn.Module:

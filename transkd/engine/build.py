@@ -123,11 +123,16 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
 def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:
     """The frozen teacher from ``teacher.weights``; its outputs must match the dataset."""
     path = config.teacher.weights
-    if path is None:
+    if path is None and (config.teacher.name or "").startswith("hf:"):
+        # A transformers model brings its weights, classes and normalisation from its folder/hub id.
+        path = config.teacher.name
+        teacher = create_model(config.teacher.name)
+    elif path is None:
         raise ConfigError("config key 'teacher.weights' must name the teacher's .safetensors file")
-    if not Path(path).is_file():
+    elif not Path(path).is_file():
         raise ConfigError(f"teacher.weights {path} does not exist")
-    teacher = load_model(path)
+    else:
+        teacher = load_model(path)
     if config.teacher.name is not None and teacher.model_name != config.teacher.name:
         raise CheckpointError(f"teacher.weights {path} holds a {teacher.model_name} but "
                               f"teacher.name is {config.teacher.name}")

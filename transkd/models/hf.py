@@ -6,7 +6,7 @@ bare model costs. Which module holds what is a per-family fact (see ``FAMILIES``
 
 - stage maps: the list of maps the family's decode head receives (SegFormer's encoder states,
   UperNet's backbone maps, BEiT's four FPN maps, DPT's four fused neck maps), or for a
-  universal segmentor (Mask2Former/MaskFormer/OneFormer) the pixel decoder's maps;
+  universal segmentor (Mask2Former) the pixel decoder's maps and its stride-4 mask features;
 - patch embeddings: the outputs of the family's patch-embedding modules (SegFormer's per-stage
   embedders, Swin's embedding and patch-merging layers, a ViT's patch projection);
 - logits: the model's own; a universal segmentor's per-pixel class scores
@@ -60,8 +60,6 @@ FAMILIES: dict[str, Family] = {
                               r"data2vec_vision\.embeddings\.patch_embeddings", HALF, HALF,
                               interpolate_pos_encoding=True),
     "mask2former": Family("Mask2FormerForUniversalSegmentation", None, None, universal=True),
-    "maskformer": Family("MaskFormerForInstanceSegmentation", None, None, universal=True),
-    "oneformer": Family("OneFormerForUniversalSegmentation", None, None, universal=True),
 }
 #: Backbones of UperNet whose embedding modules are token patch embeddings (not a conv stem).
 TOKEN_BACKBONES = ("swin", "swinv2", "donut-swin", "maskformer-swin")
@@ -112,7 +110,7 @@ class HFSegmentor(nn.Module):
             kwargs["output_hidden_states"] = True
         return self.model(**kwargs)
 
-    def _logits(self, out, size: tuple[int, int]) -> torch.Tensor:
+    def _logits(self, out) -> torch.Tensor:
         if not self.family.universal:
             return out.logits
         return universal_log_probs(out.class_queries_logits, out.masks_queries_logits)
@@ -120,7 +118,7 @@ class HFSegmentor(nn.Module):
     def forward(self, x: torch.Tensor, return_features: bool = False):
         check_input(x, self.in_chans)
         if not return_features:
-            return self._logits(self._run(x), x.shape[-2:])
+            return self._logits(self._run(x))
         maps: list[torch.Tensor] = []
         tokens: list[tuple[torch.Tensor, tuple[int, int]]] = []
         handles = []
@@ -137,9 +135,10 @@ class HFSegmentor(nn.Module):
             for handle in handles:
                 handle.remove()
         if self.family.universal:
-            maps = [t for t in out.pixel_decoder_hidden_states if t.ndim == 4]
+            maps = [t for t in (*out.pixel_decoder_hidden_states, out.pixel_decoder_last_hidden_state)
+                    if t is not None and t.ndim == 4]
         maps = sorted(maps, key=lambda t: -t.shape[-1])  # shallow (large) to deep (small)
-        return SegmentationOutput(self._logits(out, x.shape[-2:]), maps, [t for t, _ in tokens],
+        return SegmentationOutput(self._logits(out), maps, [t for t, _ in tokens],
                                   [g for _, g in tokens])
 
 

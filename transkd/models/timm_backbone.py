@@ -75,7 +75,8 @@ class TimmSegmentor(nn.Module):
         # Token embedders only in a network that opens with a patch embedding (a transformer):
         # a CNN's "downsample" layers are convolutions, not patch embeddings.
         names = [n for n, m in self.backbone.named_modules()
-                 if type(m).__name__ in EMBEDDER_CLASSES and n.rsplit(".", 1)[-1] in ("patch_embed", "downsample")]
+                 if type(m).__name__ in EMBEDDER_CLASSES
+                 and n.rsplit(".", 1)[-1] in ("patch_embed", "downsample")]
         opens_with_tokens = any(n.rsplit(".", 1)[-1] == "patch_embed" for n in names)
         self._embedders = [self.backbone.get_submodule(n) for n in names] if opens_with_tokens else []
 
