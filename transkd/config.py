@@ -51,6 +51,8 @@ class TeacherConfig:
     weights: str | None = None
     #: Expected architecture; None = whatever the weights file says.
     name: str | None = None
+    #: For each student class, the teacher class it corresponds to (a teacher of another label set).
+    class_map: tuple[int, ...] | None = None
 
 
 @dataclass

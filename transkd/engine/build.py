@@ -136,7 +136,7 @@ def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:
     if config.teacher.name is not None and teacher.model_name != config.teacher.name:
         raise CheckpointError(f"teacher.weights {path} holds a {teacher.model_name} but "
                               f"teacher.name is {config.teacher.name}")
-    if teacher.num_classes != bundle.num_outputs:
+    if teacher.num_classes != bundle.num_outputs and config.teacher.class_map is None:
         extra = " (classes + void)" if bundle.num_outputs != bundle.num_classes else ""
         raise CheckpointError(f"teacher.weights {path} predicts {teacher.num_classes} classes but "
                               f"dataset {bundle.name!r} needs {bundle.num_outputs}{extra}")
@@ -147,6 +147,8 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module | Non
                     criterion) -> Distiller:
     """The Distiller for ``distill.method`` (``none``: plain supervised training)."""
     options = dict(config.distill.options)
+    if config.teacher.class_map is not None:
+        options["class_map"] = list(config.teacher.class_map)
     return create_distiller(config.distill.method, teacher, student, criterion=criterion,
                             ce_weight=config.distill.ce_weight,
                             ignore_index=config.protocol.ignore_index, **options)

@@ -118,6 +118,12 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     load_state_strict(model, state, source=str(path))
     if "mean" in meta and "std" in meta:
         model.input_mean, model.input_std = tuple(meta["mean"]), tuple(meta["std"])
+    elif isinstance(meta.get("protocol_options"), dict):  # no mean/std: the run's protocol says
+        protocol = meta["protocol_options"]
+        if protocol.get("normalize") is False:
+            model.input_mean, model.input_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        elif "mean" in protocol and "std" in protocol:
+            model.input_mean, model.input_std = tuple(protocol["mean"]), tuple(protocol["std"])
     return model.to(map_location)
 
 
