@@ -171,3 +171,25 @@ def test_hf_student_distilled_by_the_engine_reloads_and_exports(tmp_path):
     teacher = save_hf(upernet_config("convnext", num_labels=10), tmp_path / "teacher")
     student = save_hf(segformer_config(), tmp_path / "student")  # re-headed to the 10 classes
     distill_and_export(tmp_path, f"hf:{student}", teacher, cleanup=student)
+
+
+def test_teacher_evaluated_on_student_inputs_answers_in_student_classes(hf_segformer):
+    student = create_model("segformer_b0", num_classes=2)
+    distiller = create_distiller("kd", hf_segformer, student, class_map=[3, 1])
+    view = distiller.teacher_on_student_inputs()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        full = hf_segformer(renormalise(images, student, hf_segformer))
+        assert torch.equal(view(images), full[:, [3, 1]])
+    assert view.num_classes == 2 and not view.training
+
+
+def test_files_without_mean_and_std_take_their_protocols(tmp_path):
+    from transkd.weights.io import load_model, model_metadata, save_state_dict
+
+    model = create_model("segformer_b0", num_classes=2)
+    meta = {k: v for k, v in model_metadata(model).items() if k not in ("mean", "std")}
+    path = save_state_dict(model.state_dict(), tmp_path / "old.safetensors",
+                           {**meta, "protocol_options": {"normalize": False}})
+    loaded = load_model(path)
+    assert (loaded.input_mean, loaded.input_std) == ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))

@@ -294,10 +294,11 @@ class Distiller(nn.Module):
 
     def teacher_on_student_inputs(self) -> nn.Module | None:
         """The teacher as a module that takes the student's inputs (for evaluating it on the
-        student's data pipeline): it re-normalises them to the teacher's own mean/std."""
+        student's data pipeline): it re-normalises them to the teacher's own mean/std and
+        answers in the student's classes (``class_map``)."""
         if self.teacher is None:
             return None
-        return Renormalised(self.teacher, normalisation_of(self.student))
+        return Renormalised(self.teacher, normalisation_of(self.student), self.class_map)
 
     @torch.no_grad()
     def teacher_forward(self, images: torch.Tensor) -> SegmentationOutput | None:
@@ -360,6 +361,7 @@ def renormalise(images: torch.Tensor, source: nn.Module, target: nn.Module) -> t
     (mean_s, std_s), (mean_t, std_t) = normalisation_of(source), normalisation_of(target)
     if mean_s == mean_t and std_s == std_t:
         return images
+
     def column(values: tuple[float, ...]) -> torch.Tensor:
         return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
 
@@ -368,17 +370,21 @@ def renormalise(images: torch.Tensor, source: nn.Module, target: nn.Module) -> t
 
 
 class Renormalised(nn.Module):
-    """``model`` fed with images normalised by ``source`` = (mean, std) instead of its own."""
+    """``model`` fed with images normalised by ``source`` = (mean, std) instead of its own, its
+    logits reduced to the channels of ``class_map`` where one is given."""
 
-    def __init__(self, model: nn.Module, source: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    def __init__(self, model: nn.Module, source: tuple[tuple[float, ...], tuple[float, ...]],
+                 class_map: list[int] | None = None) -> None:
         super().__init__()
         self.model = model
         self.input_mean, self.input_std = source
-        self.num_classes = getattr(model, "num_classes", None)
+        self.class_map = class_map
+        self.num_classes = len(class_map) if class_map else getattr(model, "num_classes", None)
         self.training = model.training  # a frozen teacher stays in eval mode when this is restored
 
-    def forward(self, images: torch.Tensor, **kwargs: Any):
-        return self.model(renormalise(images, self, self.model), **kwargs)
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(renormalise(images, self, self.model))
+        return logits if self.class_map is None else logits[:, self.class_map]
 
 
 def freeze(model: nn.Module) -> nn.Module:
