@@ -213,7 +213,7 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
         monkeypatch.setitem(_REGISTRY, "segformer_3stage", entry)
         return Case(["distill", *train[1:], "--set", "model.name=segformer_3stage",
                      "--teacher", str(teacher(tmp)), "--method", "transkd_base"],
-                    "teacher has 4 stages but student has 3")
+                    "'embed_weights' needs one weight for each of the student's 3 embedding stages")
     if kind == "teacher_is_not_a_model":
         (tmp / "notes.safetensors").write_text("hello")
         return Case(["distill", *train[1:], "--teacher", str(tmp / "notes.safetensors"), "--method", "kd"],
@@ -336,11 +336,18 @@ def test_debug_shows_the_traceback(tmp_path):
 
 
 def test_teacher_and_student_with_different_stage_counts_through_the_api():
+    """Stages pair by stride: a three-stage student learns from a four-stage teacher, once PEA's
+    per-stage weights name three stages."""
     teacher_net = create_model("segformer_b0", num_classes=10)
     student = three_stage_segformer(10)
     assert len(student.encoder.widths) == 3
-    with pytest.raises(ConfigError, match="teacher has 4 stages but student has 3"):
+    with pytest.raises(ConfigError, match="student's 3 embedding stages, got 4"):
         create_distiller("transkd_base", teacher_net, student)
+    distiller = create_distiller("transkd_base", teacher_net, student, embed_weights=[0.1, 0.5, 1.0],
+                                 pea_stages=[1, 2, 3])
+    assert distiller.methods["transkd_base"].stage_pairs == (0, 1, 2)
+    out = distiller(torch.rand(1, 3, 64, 64), torch.randint(0, 10, (1, 64, 64)))
+    assert torch.isfinite(out["loss"])
 
 
 # --------------------------------------------------------------------------- numerical faults

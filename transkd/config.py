@@ -51,6 +51,8 @@ class TeacherConfig:
     weights: str | None = None
     #: Expected architecture; None = whatever the weights file says.
     name: str | None = None
+    #: For each student class, the teacher class it corresponds to (a teacher of another label set).
+    class_map: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -363,7 +365,8 @@ def validate(config: Config) -> Config:
         raise ConfigError(f"config key 'distill.method': {exc}") from None
     parse_method_options(config.distill.method, config.distill.options, Keys("distill.options."))
     if needs_teacher(config.distill.method):
-        _require(config.teacher.weights is not None, "teacher.weights",
+        hf_teacher = (config.teacher.name or "").startswith("hf:")  # weights come with the model
+        _require(config.teacher.weights is not None or hf_teacher, "teacher.weights",
                  f"must name the teacher's .safetensors file for method {config.distill.method!r}")
     _check_data(config.data)
     return config

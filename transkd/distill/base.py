@@ -19,23 +19,80 @@ from torch import nn
 
 from ..models.segmentor import SegmentationOutput
 from ..options import Keys, convert
+from .align import match_stages, resize_map, resize_tokens
 from .losses import full_precision
+
+#: What a method can read from a network (see :class:`transkd.models.SegmentationOutput`).
+NEEDS = ("logits", "features", "embeddings")
 
 
 @dataclass(frozen=True)
 class NetworkInfo:
-    """What a method needs to know of a network to size its adapters."""
+    """What a method needs to know of a network to size its adapters.
+
+    ``widths``/``strides``: its stage maps (empty for a network without any).
+    ``embed_widths``/``embed_strides``: its patch embeddings; None means one per stage at the
+    stage's width and stride (MiT/PVTv2), an empty tuple means none (a CNN).
+    """
 
     widths: tuple[int, ...]
     num_classes: int
     in_chans: int = 3
     strides: tuple[int, ...] = (4, 8, 16, 32)
+    embed_widths: tuple[int, ...] | None = None
+    embed_strides: tuple[int, ...] | None = None
+    name: str = ""
+
+    @property
+    def embedding_widths(self) -> tuple[int, ...]:
+        return self.widths if self.embed_widths is None else self.embed_widths
+
+    @property
+    def embedding_strides(self) -> tuple[int, ...]:
+        return self.strides if self.embed_strides is None else self.embed_strides
+
+    def has(self, need: str) -> bool:
+        """Whether the network provides ``need`` (one of :data:`NEEDS`)."""
+        if need == "features":
+            return bool(self.widths)
+        if need == "embeddings":
+            return bool(self.embedding_widths)
+        return self.num_classes > 0
 
     @classmethod
-    def of(cls, model: nn.Module) -> NetworkInfo:
-        encoder = model.encoder
-        return cls(tuple(encoder.widths), int(model.num_classes), encoder.config.in_chans,
-                   tuple(encoder.strides))
+    def of(cls, model: nn.Module, probe_size: int | None = None) -> NetworkInfo:
+        """Describe ``model``: a transkd MiT/PVTv2 segmentor by its encoder's configuration, any
+        other network by the shapes one probe forward actually produces."""
+        encoder = getattr(model, "encoder", None)
+        if hasattr(encoder, "widths") and hasattr(encoder, "strides") and hasattr(encoder, "config"):
+            return cls(tuple(encoder.widths), int(model.num_classes), encoder.config.in_chans,
+                       tuple(encoder.strides), name=str(getattr(model, "model_name", "")))
+        return cls.probe(model, probe_size)
+
+    @classmethod
+    def probe(cls, model: nn.Module, probe_size: int | None = None) -> NetworkInfo:
+        """Run ``model`` once on a blank image (eval mode, no autograd, training flags restored)
+        and read widths and strides off its outputs."""
+        size = int(probe_size or getattr(model, "probe_size", 128))
+        in_chans = int(getattr(model, "in_chans", 3))
+        param = next(model.parameters(), None)
+        kwargs = {} if param is None else {"device": param.device, "dtype": param.dtype}
+        modes = {m: m.training for m in model.modules()}
+        model.eval()
+        try:
+            with torch.no_grad():
+                out = model(torch.zeros(1, in_chans, size, size, **kwargs), return_features=True)
+        finally:
+            for module, mode in modes.items():
+                module.training = mode
+        strides = tuple(max(1, round(size / f.shape[-1])) for f in out.features)
+        embed_strides = tuple(max(1, round(size / out.embedding_grid(i)[1]))
+                              for i in range(len(out.embeddings)))
+        classes = int(out.logits.shape[1]) if out.logits is not None else 0
+        return cls(tuple(int(f.shape[1]) for f in out.features),
+                   int(getattr(model, "num_classes", classes) or classes), in_chans, strides,
+                   tuple(int(e.shape[-1]) for e in out.embeddings), embed_strides,
+                   name=str(getattr(model, "model_name", type(model).__name__)))
 
 
 @dataclass
@@ -47,6 +104,10 @@ class DistillContext:
     student: SegmentationOutput
     teacher: SegmentationOutput | None
     ignore_index: int = 255
+
+    def teacher_logits(self) -> torch.Tensor:
+        """The teacher's logits at the student's logit size (bilinear where they differ)."""
+        return resize_map(self.teacher.logits, self.student.logits.shape[-2:])
 
 
 class DistillMethod(nn.Module):
@@ -71,6 +132,39 @@ class DistillMethod(nn.Module):
         self.student_info = student
         self.teacher_info = teacher
         self.options = options
+        has_maps = teacher is not None and teacher.widths
+        #: For each student stage, the teacher stage of the nearest stride.
+        self.stage_pairs = match_stages(student.strides, teacher.strides) if has_maps else ()
+        has_tokens = teacher is not None and teacher.embedding_widths
+        #: For each student embedding, the teacher embedding of the nearest stride.
+        self.embedding_pairs = (match_stages(student.embedding_strides, teacher.embedding_strides)
+                                if has_tokens else ())
+
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        """What this method reads from both networks (of :data:`NEEDS`), given its options."""
+        return ("logits",)
+
+    @property
+    def paired_teacher_widths(self) -> tuple[int, ...]:
+        """The teacher's width at the stage paired with each student stage."""
+        return tuple(self.teacher_info.widths[j] for j in self.stage_pairs)
+
+    @property
+    def paired_teacher_embed_widths(self) -> tuple[int, ...]:
+        """The teacher's embedding width paired with each student embedding."""
+        return tuple(self.teacher_info.embedding_widths[j] for j in self.embedding_pairs)
+
+    def teacher_map(self, ctx: DistillContext, stage: int, like: torch.Tensor) -> torch.Tensor:
+        """The teacher map paired with student stage ``stage`` (0-based) at ``like``'s size."""
+        return resize_map(ctx.teacher.features[self.stage_pairs[stage]], like.shape[-2:])
+
+    def teacher_tokens(self, ctx: DistillContext, index: int) -> torch.Tensor:
+        """The teacher embedding paired with student embedding ``index`` (0-based), resampled to
+        the student's token grid."""
+        j = self.embedding_pairs[index]
+        return resize_tokens(ctx.teacher.embeddings[j], ctx.teacher.embedding_grid(j),
+                             ctx.student.embedding_grid(index))
 
     @abc.abstractmethod
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
@@ -101,8 +195,11 @@ class Distiller(nn.Module):
     def __init__(self, student: nn.Module, teacher: nn.Module | None,
                  methods: list[DistillMethod], *,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-                 ce_weight: float = 1.0, ignore_index: int = 255) -> None:
+                 ce_weight: float = 1.0, ignore_index: int = 255,
+                 class_map: tuple[int, ...] | None = None) -> None:
         super().__init__()
+        #: Teacher logit channel for each student class (teachers trained on another class set).
+        self.class_map = list(class_map) if class_map is not None else None
         self.student = student
         self.methods = nn.ModuleDict({m.name: m for m in methods})
         self.criterion = criterion or (lambda lg, t: cross_entropy_loss(lg, t, ignore_index))
@@ -140,14 +237,28 @@ class Distiller(nn.Module):
         """The plain deployable student."""
         return self.student
 
+    def teacher_on_student_inputs(self) -> nn.Module | None:
+        """The teacher as a module that takes the student's inputs (for evaluating it on the
+        student's data pipeline): it re-normalises them to the teacher's own mean/std and
+        answers in the student's classes (``class_map``)."""
+        if self.teacher is None:
+            return None
+        return Renormalised(self.teacher, normalisation_of(self.student), self.class_map)
+
     @torch.no_grad()
     def teacher_forward(self, images: torch.Tensor) -> SegmentationOutput | None:
+        """The teacher's outputs, without autograd, on the images re-normalised to what the
+        teacher expects (it may have been trained with another mean/std than the student)."""
         if self.teacher is None or not any(m.uses_teacher for m in self.methods.values()):
             return None
-        if any(m.uses_teacher_logits for m in self.methods.values()):
-            return self.teacher(images, return_features=True)
-        encoded = self.teacher.encoder(images, return_embeddings=True)
-        return SegmentationOutput(None, encoded.features, encoded.embeddings)
+        images = renormalise(images, self.student, self.teacher)
+        encode = getattr(self.teacher, "encode", None)
+        if encode is not None and not any(m.uses_teacher_logits for m in self.methods.values()):
+            return encode(images)
+        out = self.teacher(images, return_features=True)
+        if self.class_map is not None and out.logits is not None:
+            out.logits = out.logits[:, self.class_map]
+        return out
 
     def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         needs_outputs = bool(self.methods)
@@ -166,6 +277,46 @@ class Distiller(nn.Module):
         terms["loss"] = torch.stack(list(terms.values())).sum()
         terms["logits"] = student_out.logits
         return terms
+
+
+def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a network expects of images in [0, 1]."""
+    from ..models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+
+    return (tuple(getattr(model, "input_mean", None) or IMAGENET_MEAN),
+            tuple(getattr(model, "input_std", None) or IMAGENET_STD))
+
+
+def renormalise(images: torch.Tensor, source: nn.Module, target: nn.Module) -> torch.Tensor:
+    """``images`` normalised for ``source`` re-expressed in ``target``'s normalisation (the same
+    tensor when both expect the same)."""
+    (mean_s, std_s), (mean_t, std_t) = normalisation_of(source), normalisation_of(target)
+    if mean_s == mean_t and std_s == std_t:
+        return images
+
+    def column(values: tuple[float, ...]) -> torch.Tensor:
+        return torch.tensor(values, device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
+
+    raw = images * column(std_s) + column(mean_s)
+    return (raw - column(mean_t)) / column(std_t)
+
+
+class Renormalised(nn.Module):
+    """``model`` fed with images normalised by ``source`` = (mean, std) instead of its own, its
+    logits reduced to the channels of ``class_map`` where one is given."""
+
+    def __init__(self, model: nn.Module, source: tuple[tuple[float, ...], tuple[float, ...]],
+                 class_map: list[int] | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.input_mean, self.input_std = source
+        self.class_map = class_map
+        self.num_classes = len(class_map) if class_map else getattr(model, "num_classes", None)
+        self.training = model.training  # a frozen teacher stays in eval mode when this is restored
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.model(renormalise(images, self, self.model))
+        return logits if self.class_map is None else logits[:, self.class_map]
 
 
 def freeze(model: nn.Module) -> nn.Module:

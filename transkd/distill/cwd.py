@@ -71,19 +71,24 @@ class ChannelWiseDistillation(DistillMethod):
         if self.feature_stages:
             check_stages_exist(self.name, "feature_stages", self.feature_stages, len(student.widths))
         self.adapters = nn.ModuleDict({
-            f"stage{i}": width_adapter(student.widths[i - 1], teacher.widths[i - 1])
+            f"stage{i}": width_adapter(student.widths[i - 1], self.paired_teacher_widths[i - 1])
             for i in self.feature_stages})
+
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        return {"logits": ("logits",), "features": ("features",)}.get(options.on, ("logits", "features"))
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         tau = self.options.tau
         terms: dict[str, torch.Tensor] = {}
         if self.on_logits:
             terms["cwd"] = self.options.loss_weight * channel_wise_divergence(
-                ctx.student.logits, ctx.teacher.logits, tau)
+                ctx.student.logits, ctx.teacher_logits(), tau)
         if self.feature_stages:
-            losses = [channel_wise_divergence(self.adapters[f"stage{i}"](ctx.student.features[i - 1]),
-                                              ctx.teacher.features[i - 1], tau)
-                      for i in self.feature_stages]
+            losses = []
+            for i in self.feature_stages:
+                mapped = self.adapters[f"stage{i}"](ctx.student.features[i - 1])
+                losses.append(channel_wise_divergence(mapped, self.teacher_map(ctx, i - 1, mapped), tau))
             terms["cwd_feat"] = self.options.feature_weight * torch.stack(losses).mean()
         return terms
 

@@ -66,5 +66,5 @@ class RelationDistillation(DistillMethod):
             check_positive("tau", self.tau)
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
-        inter, intra = relation_losses(ctx.student.logits, ctx.teacher.logits, self.options.tau)
+        inter, intra = relation_losses(ctx.student.logits, ctx.teacher_logits(), self.options.tau)
         return {"dist_inter": self.options.beta * inter, "dist_intra": self.options.gamma * intra}

@@ -47,14 +47,18 @@ class FitNetHints(DistillMethod):
         check_stages_exist(self.name, "stages", options.stages, len(student.widths))
         self.stages = tuple(sorted(options.stages))
         self.regressors = nn.ModuleDict({
-            f"stage{i}": nn.Conv2d(student.widths[i - 1], teacher.widths[i - 1], 1, bias=False)
+            f"stage{i}": nn.Conv2d(student.widths[i - 1], self.paired_teacher_widths[i - 1], 1, bias=False)
             for i in self.stages})
+
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        return ("features",)
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         losses = []
         for i in self.stages:
-            hint = ctx.teacher.features[i - 1]
             guided = self.regressors[f"stage{i}"](ctx.student.features[i - 1])
+            hint = self.teacher_map(ctx, i - 1, guided)
             if guided.shape != hint.shape:
                 raise ValueError(f"stage {i}: regressed student map {tuple(guided.shape)} does not "
                                  f"match the teacher's {tuple(hint.shape)}")

@@ -85,8 +85,13 @@ class IntraClassFeatureVariation(DistillMethod):
         super().__init__(student, teacher, options)
         check_stages_exist(self.name, "stage", (options.stage,), len(student.widths))
 
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        return ("features",)
+
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         index = self.options.stage - 1
-        loss = ifv_loss(ctx.student.features[index], ctx.teacher.features[index], ctx.targets,
+        student_map = ctx.student.features[index]
+        loss = ifv_loss(student_map, self.teacher_map(ctx, index, student_map), ctx.targets,
                         self.student_info.num_classes, ctx.ignore_index)
         return {"ifvd": self.options.loss_weight * loss}

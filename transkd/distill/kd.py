@@ -82,5 +82,5 @@ class PixelwiseKD(DistillMethod):
             check_weight("loss_weight", self.loss_weight)
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
-        loss = pixelwise_kl(ctx.student.logits, ctx.teacher.logits, self.options.temperature)
+        loss = pixelwise_kl(ctx.student.logits, ctx.teacher_logits(), self.options.temperature)
         return {"kd": self.options.loss_weight * loss}

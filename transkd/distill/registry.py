@@ -96,9 +96,14 @@ def create_distiller(method: str, teacher: nn.Module | None, student: nn.Module,
 
     Options are keyword arguments. With several methods, give each its own options as a dict
     under its name (``kd={"temperature": 4.0}``); with one method, plain keywords work too.
-    Options shared by the Distiller itself: ``criterion``, ``ce_weight``, ``ignore_index``.
+    Options shared by the Distiller itself: ``criterion``, ``ce_weight``, ``ignore_index`` and
+    ``class_map`` (for each student class, the teacher's logit channel).
+
+    Teacher and student may be of any family: every method states what it reads (logits, feature
+    maps, patch embeddings) and a pair that cannot provide it fails here, before any training.
     """
-    shared = {k: options.pop(k) for k in ("criterion", "ce_weight", "ignore_index") if k in options}
+    shared = {k: options.pop(k) for k in ("criterion", "ce_weight", "ignore_index", "class_map")
+              if k in options}
     classes = method_classes(method)
     parsed = parse_method_options(method, options)
     student_info = NetworkInfo.of(student)
@@ -107,19 +112,38 @@ def create_distiller(method: str, teacher: nn.Module | None, student: nn.Module,
         if teacher is None:
             raise ConfigError(f"method {method!r} needs a teacher model")
         teacher_info = NetworkInfo.of(teacher)
-        check_pair(teacher_info, student_info)
+    for cls in classes:
+        if cls.uses_teacher:
+            check_pair(cls.name, cls.needs(parsed[cls.name]), teacher_info, student_info,
+                       shared.get("class_map"))
     methods = [cls(student_info, teacher_info, parsed[cls.name]) for cls in classes]
     return Distiller(student, teacher if teacher_info is not None else None, methods, **shared)
 
 
-def check_pair(teacher: NetworkInfo, student: NetworkInfo) -> None:
-    """Teacher and student must agree on stage count, strides and classes."""
-    if len(teacher.widths) != len(student.widths):
-        raise ConfigError(f"teacher has {len(teacher.widths)} stages but student has "
-                          f"{len(student.widths)}; distillation pairs stages one to one")
-    if teacher.strides != student.strides:
-        raise ConfigError(f"teacher strides {teacher.strides} differ from student strides "
-                          f"{student.strides}")
-    if teacher.num_classes != student.num_classes:
-        raise ConfigError(f"teacher predicts {teacher.num_classes} classes but student "
-                          f"{student.num_classes}")
+def check_pair(method: str, needs: tuple[str, ...], teacher: NetworkInfo, student: NetworkInfo,
+               class_map: list[int] | tuple[int, ...] | None = None) -> None:
+    """One sentence naming the method, the network and what it lacks, if the pair cannot serve
+    ``method``."""
+    words = {"logits": "class logits", "features": "multi-scale feature maps",
+             "embeddings": "patch embeddings"}
+    for need in needs:
+        for role, info in (("student", student), ("teacher", teacher)):
+            if not info.has(need):
+                extra = (" (a network without a patch-embedding stage, such as a CNN, has none)"
+                         if need == "embeddings" else "")
+                raise ConfigError(f"method {method!r} needs {words[need]} from both networks, but "
+                                  f"the {role} {info.name or 'network'} has none{extra}")
+    if "logits" not in needs:
+        return
+    if class_map is None:
+        if teacher.num_classes != student.num_classes:
+            raise ConfigError(f"method {method!r} compares class scores, but the teacher "
+                              f"{teacher.name or 'network'} predicts {teacher.num_classes} classes and "
+                              f"the student {student.num_classes}; give teacher.class_map (the teacher "
+                              "class of each student class)")
+        return
+    if len(class_map) != student.num_classes or not all(
+            isinstance(c, int) and 0 <= c < teacher.num_classes for c in class_map):
+        raise ConfigError(f"teacher.class_map must list, for each of the student's "
+                          f"{student.num_classes} classes, a teacher class in 0..{teacher.num_classes - 1}, "
+                          f"got {list(class_map)}")

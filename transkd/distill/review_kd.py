@@ -96,8 +96,13 @@ class KnowledgeReview(DistillMethod):
 
     def __init__(self, student: NetworkInfo, teacher: NetworkInfo | None, options: Options) -> None:
         super().__init__(student, teacher, options)
-        self.review = ReviewPath(student.widths, teacher.widths, options.mid_channels)
+        self.review = ReviewPath(student.widths, self.paired_teacher_widths, options.mid_channels)
+
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        return ("features",)
 
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         outputs = self.review(ctx.student.features)
-        return {"review_hcl": self.options.hcl_weight * hcl_loss(outputs, ctx.teacher.features)}
+        targets = [self.teacher_map(ctx, i, out) for i, out in enumerate(outputs)]
+        return {"review_hcl": self.options.hcl_weight * hcl_loss(outputs, targets)}

@@ -131,18 +131,24 @@ class StructuredKD(DistillMethod):
         self.critic = (WassersteinCritic(student.num_classes + student.in_chans, options.critic_width)
                        if options.holistic else None)
 
+    @classmethod
+    def needs(cls, options: Options) -> tuple[str, ...]:
+        return ("logits", "features")
+
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         opts = self.options
         index = opts.stage - 1
+        student_map = ctx.student.features[index]
+        teacher_logits = ctx.teacher_logits()
         terms = {
             "skd_pair": opts.pair_weight * pairwise_similarity_loss(
-                ctx.student.features[index], ctx.teacher.features[index], opts.pool_scale),
+                student_map, self.teacher_map(ctx, index, student_map), opts.pool_scale),
             "skd_pixel": opts.pixel_weight * pixelwise_kl(
-                ctx.student.logits, ctx.teacher.logits, opts.temperature),
+                ctx.student.logits, teacher_logits, opts.temperature),
         }
         if self.critic is not None:
             fake = critic_input(reverse_gradient(ctx.student.logits), ctx.images)
-            real = critic_input(ctx.teacher.logits, ctx.images)
+            real = critic_input(teacher_logits, ctx.images)
             scores = self.critic(torch.cat([fake, real]))
             fake_score, real_score = scores.split(len(fake))
             terms["skd_holistic"] = opts.holistic_weight * (fake_score.mean() - real_score.mean())

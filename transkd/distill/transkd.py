@@ -334,22 +334,29 @@ class TransKDMethod(DistillMethod):
         super().__init__(student, teacher, options)
         if teacher is None:
             raise ConfigError(f"method {self.name!r} needs a teacher model")
-        n = len(student.widths)
-        if len(teacher.widths) != n:
-            raise ConfigError(f"method {self.name!r} pairs stages one to one, but the teacher has "
-                              f"{len(teacher.widths)} stages and the student {n}")
         if self.use_features:
-            self.csf = CrossSelectiveFusion(student.widths, teacher.widths, options.csf_mid_channels,
-                                            options.csf_reduction, options.csf_min_hidden)
+            # Stages are paired by stride: a student stage meets the teacher stage nearest in
+            # stride, resampled to the student's size (one to one for MiT/PVTv2 pairs).
+            self.csf = CrossSelectiveFusion(student.widths, self.paired_teacher_widths,
+                                            options.csf_mid_channels, options.csf_reduction,
+                                            options.csf_min_hidden)
         if self.use_embeddings:
+            n = len(student.embedding_widths)
             if len(options.embed_weights) != n:
-                raise ConfigError(f"method {self.name!r} option 'embed_weights' needs one weight per "
-                                  f"stage ({n}), got {len(options.embed_weights)}")
+                raise ConfigError(f"method {self.name!r} option 'embed_weights' needs one weight for "
+                                  f"each of the student's {n} embedding stages, got "
+                                  f"{len(options.embed_weights)}")
             if max(options.pea_stages) > n:
                 raise ConfigError(f"method {self.name!r} option 'pea_stages' {options.pea_stages} "
-                                  f"names a stage beyond the networks' {n} stages")
+                                  f"names a stage beyond the student's {n} embedding stages")
             self.pea_stages = tuple(sorted(options.pea_stages))
-            self.pea = PatchEmbeddingAlignment(student.widths, teacher.widths, self.pea_stages)
+            self.pea = PatchEmbeddingAlignment(student.embedding_widths,
+                                               self.paired_teacher_embed_widths, self.pea_stages)
+
+    @classmethod
+    def needs(cls, options) -> tuple[str, ...]:
+        return (("features",) if cls.use_features else ()) + (
+            ("embeddings",) if cls.use_embeddings else ())
 
     def align_embedding(self, stage: int, ctx: DistillContext) -> torch.Tensor:
         """The student's stage embedding mapped to the teacher's width (tokens B, N, Ct)."""
@@ -359,11 +366,12 @@ class TransKDMethod(DistillMethod):
         terms: dict[str, torch.Tensor] = {}
         if self.use_features:
             outputs = self.csf(ctx.student.features)
-            terms["hcl"] = self.options.hcl_weight * hcl_loss(outputs, ctx.teacher.features)
+            targets = [self.teacher_map(ctx, i, out) for i, out in enumerate(outputs)]
+            terms["hcl"] = self.options.hcl_weight * hcl_loss(outputs, targets)
         if self.use_embeddings:
             for stage in self.pea_stages:
                 aligned = self.align_embedding(stage, ctx)
-                target = ctx.teacher.embeddings[stage - 1]
+                target = self.teacher_tokens(ctx, stage - 1)
                 if aligned.shape != target.shape:
                     raise ValueError(f"stage {stage} embedding of the student {tuple(aligned.shape)} "
                                      f"does not match the teacher's {tuple(target.shape)}")
@@ -389,11 +397,11 @@ class TransKDGL(TransKDMethod):
 
     def __init__(self, student: NetworkInfo, teacher: NetworkInfo | None, options: GLOptions) -> None:
         super().__init__(student, teacher, options)
-        self.mixed_stage = len(student.widths)
+        self.mixed_stage = len(student.embedding_widths)
         if self.mixed_stage not in self.pea_stages:
             raise ConfigError(f"method {self.name!r} mixes the stage-{self.mixed_stage} embedding, "
                               f"so 'pea_stages' must include {self.mixed_stage}")
-        width = student.widths[-1]
+        width = student.embedding_widths[-1]
         if width % options.gl_heads:
             raise ConfigError(f"method {self.name!r} option 'gl_heads' ({options.gl_heads}) must "
                               f"divide the student's last width {width}")
@@ -417,10 +425,15 @@ class TransKDEA(TransKDMethod):
     def __init__(self, student: NetworkInfo, teacher: NetworkInfo | None, options: EAOptions) -> None:
         super().__init__(student, teacher, options)
         n = len(student.widths)
+        if student.embedding_strides != student.strides:
+            raise ConfigError(f"method {self.name!r} embeds each student stage's input anew, which "
+                              f"needs a student whose every stage opens with a patch embedding "
+                              f"(MiT/PVTv2/SegFormer); {student.name or 'this student'} does not")
         if len(options.ea_init) != 2 * n:
             raise ConfigError(f"method {self.name!r} option 'ea_init' needs {2 * n} values (PEA's "
                               f"then EA's weight per stage), got {len(options.ea_init)}")
-        self.assistant = EmbeddingAssistant(student, teacher.widths, self.pea_stages, options.ea_init)
+        self.assistant = EmbeddingAssistant(student, self.paired_teacher_embed_widths,
+                                            self.pea_stages, options.ea_init)
 
     def align_embedding(self, stage: int, ctx: DistillContext) -> torch.Tensor:
         stage_input = ctx.images if stage == 1 else ctx.student.features[stage - 2]

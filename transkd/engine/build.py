@@ -122,17 +122,22 @@ def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
 def load_teacher(config: Config, bundle: DataBundle) -> nn.Module:
     """The frozen teacher from ``teacher.weights``; its outputs must match the dataset."""
     path = config.teacher.weights
-    if path is None:
+    if path is None and (config.teacher.name or "").startswith("hf:"):
+        # A transformers model brings its weights, classes and normalisation from its folder/hub id.
+        path = config.teacher.name
+        teacher = create_model(config.teacher.name)
+    elif path is None:
         raise ConfigError("config key 'teacher.weights' must name the teacher's .safetensors file")
-    try:
-        model_file(path)
-    except FileNotFoundError:
-        raise ConfigError(f"teacher.weights {path} does not exist") from None
-    teacher = load_model(path)
+    else:
+        try:
+            model_file(path)
+        except FileNotFoundError:
+            raise ConfigError(f"teacher.weights {path} does not exist") from None
+        teacher = load_model(path)
     if config.teacher.name is not None and teacher.model_name != config.teacher.name:
         raise CheckpointError(f"teacher.weights {path} holds a {teacher.model_name} but "
                               f"teacher.name is {config.teacher.name}")
-    if teacher.num_classes != bundle.num_outputs:
+    if teacher.num_classes != bundle.num_outputs and config.teacher.class_map is None:
         extra = " (classes + void)" if bundle.num_outputs != bundle.num_classes else ""
         raise CheckpointError(f"teacher.weights {path} predicts {teacher.num_classes} classes but "
                               f"dataset {bundle.name!r} needs {bundle.num_outputs}{extra}")
@@ -143,6 +148,8 @@ def build_distiller(config: Config, student: nn.Module, teacher: nn.Module | Non
                     criterion) -> Distiller:
     """The Distiller for ``distill.method`` (``none``: plain supervised training)."""
     options = dict(config.distill.options)
+    if config.teacher.class_map is not None:
+        options["class_map"] = list(config.teacher.class_map)
     return create_distiller(config.distill.method, teacher, student, criterion=criterion,
                             ce_weight=config.distill.ce_weight,
                             ignore_index=config.protocol.ignore_index, **options)

@@ -268,7 +268,7 @@ class Trainer:
 
         if (self.teacher_val is None and distiller.teacher is not None
                 and config.distill.eval_teacher):
-            self.teacher_val = self._evaluate(distiller.teacher, val_loader)
+            self.teacher_val = self._evaluate(distiller.teacher_on_student_inputs(), val_loader)
             logger.log("teacher_val", self.position.step, **_public(self.teacher_val))
             if self.announce is not None and self.is_main:
                 self.announce(f"teacher val mIoU {100 * self.teacher_val['miou']:.2f}%, pixel acc "

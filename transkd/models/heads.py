@@ -148,11 +148,12 @@ class SemanticFPNHead(nn.Module):
     """FPN neck (256 channels) followed by the FPN head (128 channels)."""
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, neck_channels: int = 256,
-                 head_channels: int = 128, dropout: float = 0.1) -> None:
+                 head_channels: int = 128, dropout: float = 0.1,
+                 strides: tuple[int, ...] = (4, 8, 16, 32)) -> None:
         super().__init__()
         self.neck = FPNNeck(in_channels, neck_channels)
         self.head = FPNHead(len(in_channels), num_classes, neck_channels, head_channels,
-                            dropout=dropout)
+                            strides=strides, dropout=dropout)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.neck(features))

@@ -94,7 +94,8 @@ class HierarchicalEncoder(nn.Module):
 
     @property
     def strides(self) -> tuple[int, ...]:
-        return (4, 8, 16, 32)
+        """4 for the first stage (a stride-4 patch embedding), then twice the previous."""
+        return tuple(4 * 2 ** i for i in range(len(self.config.embed_dims)))
 
     def forward(self, x: torch.Tensor, return_embeddings: bool = False) -> EncoderOutput:
         features, embeddings = [], []

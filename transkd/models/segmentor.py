@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -19,19 +19,38 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass
 class SegmentationOutput:
-    """Logits at 1/4 resolution plus what distillation needs from a network.
+    """The network contract: logits plus what distillation may read from a network.
 
-    ``features``: four stage maps (B, C_i, H/2^(i+1), W/2^(i+1)) after the stage LayerNorm.
-    ``embeddings``: four patch-embedding token tensors (B, N_i, C_i) after their LayerNorm.
+    ``logits``: (B, K, h, w) at the network's own output stride (None when only the encoder ran).
+    ``features``: stage maps (B, C_i, H_i, W_i), shallow to deep; their strides follow from the
+    input size, so every network (MiT, a CNN, a ViT at one stride) fits the same contract.
+    ``embeddings``: patch-embedding tokens (B, N_i, C_i) after their norm, before the stage's
+    blocks, or empty for a network without a patch-embedding stage (a CNN).
+    ``grids``: the (height, width) of each embedding's token grid; empty means "the grid of the
+    stage map of the same index" (MiT/PVTv2, where each stage opens with its embedding).
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     features: list[torch.Tensor]
     embeddings: list[torch.Tensor]
+    grids: list[tuple[int, int]] = field(default_factory=list)
+
+    def embedding_grid(self, index: int) -> tuple[int, int]:
+        """Token grid of embedding ``index``."""
+        if self.grids:
+            return tuple(self.grids[index])
+        return tuple(self.features[index].shape[-2:])
 
 
 class Segmentor(nn.Module):
-    """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4)."""
+    """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4).
+
+    ``input_mean``/``input_std`` state the normalisation the network expects of images in
+    [0, 1] (ImageNet's by default; a training run sets its protocol's, which is saved with it).
+    """
+
+    input_mean: tuple[float, ...] = IMAGENET_MEAN
+    input_std: tuple[float, ...] = IMAGENET_STD
 
     def __init__(self, encoder: HierarchicalEncoder, decode_head: nn.Module, *, name: str,
                  num_classes: int) -> None:
@@ -53,6 +72,13 @@ class Segmentor(nn.Module):
         if not return_features:
             return logits
         return SegmentationOutput(logits, enc.features, enc.embeddings)
+
+    def encode(self, x: torch.Tensor) -> SegmentationOutput:
+        """Stage maps and embeddings without the decode head (a teacher whose logits no method
+        reads skips it: for SegFormer-B2 the costliest part of its forward)."""
+        check_input(x, self.encoder.config.in_chans)
+        enc = self.encoder(x, return_embeddings=True)
+        return SegmentationOutput(None, enc.features, enc.embeddings)
 
 
 def check_input(x: torch.Tensor, channels: int = 3) -> None:

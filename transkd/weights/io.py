@@ -169,6 +169,9 @@ def model_metadata(model: nn.Module, **extra: Any) -> dict[str, Any]:
         "mean": list(getattr(model, "input_mean", IMAGENET_MEAN)),
         "std": list(getattr(model, "input_std", IMAGENET_STD)),
     }
+    options = getattr(model, "model_options", None)
+    if options:  # hf:/timm: networks: their configuration, so the file alone rebuilds them
+        meta["model_options"] = options
     meta.update(extra)
     return meta
 
@@ -214,10 +217,19 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
     if not arch or num_classes is None:
         raise CheckpointError(f"{path} is not a transkd model file: its metadata has no "
                               "architecture/num_classes (adapters or a foreign file?)")
-    model = create_model(arch, num_classes=int(num_classes))
+    options = meta.get("model_options") or {}
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{path} has malformed model_options metadata")
+    model = create_model(arch, num_classes=int(num_classes), **options)
     load_state_strict(model, state, source=str(path))
     if "mean" in meta and "std" in meta:
         model.input_mean, model.input_std = tuple(meta["mean"]), tuple(meta["std"])
+    elif isinstance(meta.get("protocol_options"), dict):  # no mean/std: the run's protocol says
+        protocol = meta["protocol_options"]
+        if protocol.get("normalize") is False:
+            model.input_mean, model.input_std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        elif "mean" in protocol and "std" in protocol:
+            model.input_mean, model.input_std = tuple(protocol["mean"]), tuple(protocol["std"])
     return model.to(map_location)
 
 
