@@ -24,8 +24,8 @@ OLD_SPELLINGS = {"--height", "--width", "--batch", "--out", "--classes", "--size
                  "--no-bar", "--quiet-progress", "--as-json"}
 #: Commands whose positional names a saved model or a model name.
 MODEL_COMMANDS = ("eval", "predict", "export", "bench", "flops")
-#: Commands whose output option keeps the long form only (a demo folder, named rarely).
-OUTPUT_WITHOUT_SHORT = {"demo"}
+#: Commands whose output option keeps the long form only.
+OUTPUT_WITHOUT_SHORT: set[str] = set()
 
 
 def subparsers() -> dict[str, argparse.ArgumentParser]:

@@ -17,7 +17,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "TransKD students on synthetic street scenes, then prints a table (val mIoU, "
                     "params, MACs, train time) and writes curves and sample predictions. Run again "
                     "with the same options, an interrupted demo continues where it stopped.")
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR",
+    parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
                         help="demo folder (default runs/demo; new, empty, or a demo to continue)")
     parser.add_argument("--minutes", type=float, default=5.0,
                         help="training length, in minutes of an idle 2-core CPU; lengths scale with it "

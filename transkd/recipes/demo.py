@@ -28,6 +28,7 @@ from ..config import Config, config_from_dict, load_config
 from ..engine.logging import read_metrics
 from ..engine.progress import Progress, duration
 from ..errors import ConfigError, TranskdError
+from ..jsonsafe import json_safe
 from ..weights.io import MODEL_FILE
 
 
@@ -335,7 +336,7 @@ def _finish(output: Path, size: DemoSize, tiny: bool, seed: int, rows: list[dict
         "curves": str(curve_path),
         "predictions": str(output / "predictions"),
     }
-    (output / "results.json").write_text(json.dumps(_finite(summary), indent=2) + "\n")
+    (output / "results.json").write_text(json.dumps(json_safe(summary), indent=2) + "\n")
     (output / "results.md").write_text(results_table(summary) + "\n")
     summary["prediction_files"] = [str(p) for p in predictions]
     return summary
@@ -374,13 +375,3 @@ def _millions(value: int | None) -> str:
 
 def _giga(value: int | None) -> str:
     return "-" if value is None else f"{value / 1e9:.3f}"
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
