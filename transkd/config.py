@@ -26,6 +26,7 @@ from .data.protocols import ProtocolOptions
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
 from .errors import ConfigError
 from .inference import InferenceOptions
+from .jsonsafe import json_safe
 from .options import Keys, check_ranges, convert
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -189,7 +190,7 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain YAML-safe values (tuples become lists)."""
-        return _plain(dataclasses.asdict(self))
+        return json_safe(dataclasses.asdict(self))
 
     def to_yaml(self) -> str:
         """Block-style sections with lists of numbers on one line."""
@@ -323,14 +324,6 @@ def _represent_list(dumper: yaml.SafeDumper, data: list) -> yaml.Node:
 
 
 _ConfigDumper.add_representer(list, _represent_list)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 # --------------------------------------------------------------------------- ranges and combinations

@@ -33,6 +33,7 @@ from ..config import Config
 from ..data.protocols import ProtocolOptions
 from ..distill import needs_teacher
 from ..errors import CheckpointError, ConfigError
+from ..jsonsafe import json_safe
 from ..models import create_model
 from ..weights.io import atomic_write, load_state_strict
 from . import build
@@ -143,26 +144,18 @@ def export_metadata(config: Config, bundle: build.DataBundle, teacher: nn.Module
         "ignore_index": protocol.ignore_index,
         "void_as_extra_class": protocol.void_as_extra_class,
         **protocol_description(config),
-        "protocol_options": _plain(protocol.to_dict()),
+        "protocol_options": json_safe(protocol.to_dict()),
         "method": config.distill.method,
         "teacher": getattr(teacher, "model_name", None),
         "resize": eval_resize(protocol),
-        "inference_options": {"mode": config.eval.mode, "crop": _plain(config.eval.crop),
-                              "stride": _plain(config.eval.stride)},
+        "inference_options": {"mode": config.eval.mode, "crop": json_safe(config.eval.crop),
+                              "stride": json_safe(config.eval.stride)},
     }
 
 
 def eval_resize(protocol: ProtocolOptions) -> dict[str, Any] | None:
     """How the evaluation pipeline resizes an image, for ``transkd predict`` to do the same."""
     return protocol.protocol().eval_resize()
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
 
 
 def protocol_description(config: Config) -> dict[str, Any]:
