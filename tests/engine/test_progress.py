@@ -12,6 +12,11 @@ class Terminal(io.StringIO):
         return True
 
 
+def test_only_a_terminal_with_a_width_gets_a_bar():
+    assert Progress(1, bar_stream=Terminal()).tty is False  # no size to draw in
+    assert Progress(1, bar_stream=io.StringIO()).tty is False
+
+
 def test_a_log_gets_a_plain_line_every_interval_and_at_the_end():
     stream = io.StringIO()
     progress = Progress(5, description="segformer_b0", interval=2, line_stream=stream, tty=False)
@@ -30,7 +35,7 @@ def test_a_log_gets_a_plain_line_every_interval_and_at_the_end():
 def test_a_terminal_gets_a_bar_and_no_lines_and_disabled_shows_nothing():
     terminal = Terminal()
     with Progress(3, description="eval", unit="batch", bar_stream=terminal, line_stream=terminal,
-                  interval=1) as progress:
+                  interval=1, tty=True) as progress:
         progress.update(3)
     assert "eval:" in terminal.getvalue() and "/3 [" in terminal.getvalue()  # a tqdm bar
     assert "batch 3/3 (100%)" not in terminal.getvalue()

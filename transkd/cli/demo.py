@@ -20,8 +20,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="DIR",
                         help="demo folder (default runs/demo; new, empty, or a demo to continue)")
     parser.add_argument("--minutes", type=float, default=5.0,
-                        help="training length, in minutes of an idle 2-core CPU; lengths scale with it "
-                             "(default 5; the whole demo takes about twice that)")
+                        help="length of the demo in minutes of two idle CPU cores; training lengths "
+                             "scale with it (default 5; a busy machine takes longer)")
     parser.add_argument("--methods",
                         help="comma-separated distillation methods (default: the three TransKD "
                              "variants; with --tiny, transkd_base)")

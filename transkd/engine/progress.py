@@ -11,6 +11,7 @@ error then holds only warnings and errors: a failing command ends with its one s
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from typing import Any, TextIO
@@ -152,7 +153,8 @@ def _short(value: Any) -> str:
 
 
 def _isatty(stream: TextIO) -> bool:
+    """A terminal a bar can be drawn on: a pseudo-terminal of width 0 (some CI runners) is not."""
     try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return bool(stream.isatty()) and os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):  # no isatty or fileno, a closed stream, no size
         return False
