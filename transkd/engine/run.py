@@ -254,6 +254,7 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None) -> Run
 
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None) -> RunResult:
     config, env = plan.config, plan.env
+    barrier(env)  # every rank has checked the output folder before the first one writes to it
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
