@@ -30,7 +30,7 @@ from torch import nn
 from torch.utils import flop_counter
 
 from .errors import ConfigError
-from .models import create_model, list_models
+from .models import create_model, get_entry, list_models
 
 #: Output classes of a model built by name to be measured: the paper's Cityscapes setting
 #: (19 classes + void), so sizes compare with its tables.
@@ -307,8 +307,12 @@ def profile_module(model: nn.Module, input_size: Iterable[int]) -> dict[str, Any
 def profile_model(name: str, num_classes: int, input_size: Iterable[int] = (512, 1024),
                   **model_options: Any) -> dict[str, Any]:
     """Build the segmentation model ``name`` with random weights and profile it on one image."""
-    segmentors = list_models(kind="segmentor")
-    if name not in segmentors:
+    try:
+        known = get_entry(name).kind == "segmentor"  # registered, or an hf:/timm: network
+    except ConfigError:
+        known = False
+    if not known:
+        segmentors = list_models(kind="segmentor")
         raise ConfigError(f"unknown segmentation model {name!r}; known models: {', '.join(segmentors)}")
     check_input_size(input_size)
     return profile_module(create_model(name, num_classes=num_classes, **model_options), input_size)
