@@ -14,6 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from ..models.tokens import grid_of  # noqa: F401  (part of this module's API: grids of token counts)
+
 
 def match_stages(student_strides: tuple[int, ...], teacher_strides: tuple[int, ...]) -> tuple[int, ...]:
     """For each student stage, the index of the teacher stage with the nearest stride."""
@@ -43,14 +45,3 @@ def resize_tokens(tokens: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
         raise ValueError(f"{count} tokens do not lie on a {grid[0]}×{grid[1]} grid")
     maps = tokens.transpose(1, 2).reshape(batch, width, grid[0], grid[1])
     return resize_map(maps, size).flatten(2).transpose(1, 2)
-
-
-def grid_of(count: int, height: int, width: int) -> tuple[int, int] | None:
-    """The token grid of ``count`` tokens cut from an image of ``height``×``width`` pixels by a
-    patch stride (powers of two and the ViT strides 14/16/28), or None if none fits."""
-    for stride in (1, 2, 4, 8, 14, 16, 28, 32, 64):
-        for rounding in (math.ceil, math.floor):
-            grid = (int(rounding(height / stride)), int(rounding(width / stride)))
-            if grid[0] * grid[1] == count:
-                return grid
-    return None

@@ -30,6 +30,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from .segmentor import IMAGENET_MEAN, IMAGENET_STD, SegmentationOutput, check_input
+from .tokens import grid_of
 
 HALF = (0.5, 0.5, 0.5)
 
@@ -152,7 +153,6 @@ def universal_log_probs(class_logits: torch.Tensor, mask_logits: torch.Tensor) -
 def as_tokens(output, image_size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """(tokens (B, N, C), grid) from what a patch-embedding module returned: a tensor, or a tuple
     of the tensor and its grid (``(t, h, w)`` or ``(t, (h, w))``)."""
-    from ..distill.align import grid_of
 
     items = output if isinstance(output, tuple) else (output,)
     tensor = items[0]

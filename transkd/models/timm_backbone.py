@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import ConfigError
 from .heads import SegFormerHead, SemanticFPNHead
 from .segmentor import IMAGENET_MEAN, IMAGENET_STD, SegmentationOutput, check_input
+from .tokens import grid_of
 
 HEADS = ("segformer", "fpn")
 #: Classes of timm modules that turn pixels or a coarser token grid into tokens.
@@ -105,7 +106,6 @@ def timm_tokens(module: nn.Module, output: torch.Tensor,
                 image_size: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
     """(tokens (B, N, C), grid) of a timm embedder's output: tokens already, NCHW (a ``PatchEmbed``
     whose ``output_fmt`` says so) or NHWC (timm's default for PVTv2 and Swin embedders)."""
-    from ..distill.align import grid_of
 
     if output.ndim == 3:
         grid = grid_of(output.shape[1], *image_size)
