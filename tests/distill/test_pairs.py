@@ -150,7 +150,7 @@ def distill_and_export(tmp_path: Path, student_name: str, teacher_folder: Path, 
     import shutil
 
     from transkd.cli import main
-    from transkd.deploy import load_deployable
+    from transkd.deploy import Student
     from transkd.deploy.export import export_onnx
 
     code = main(["distill", *TINY_RUN, "--set", f"model.name={student_name}",
@@ -159,7 +159,7 @@ def distill_and_export(tmp_path: Path, student_name: str, teacher_folder: Path, 
     assert code == 0
     if cleanup is not None:
         shutil.rmtree(cleanup)
-    student = load_deployable(tmp_path / "run")
+    student = Student.load(tmp_path / "run")
     assert student.model.model_name == student_name and student.num_classes == 10
     result = export_onnx(student.model, tmp_path / "student.onnx", input_size=(64, 64),
                          check_sizes=[(1, 64, 96)])
