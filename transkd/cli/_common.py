@@ -59,8 +59,9 @@ def say(message: str = "", enabled: bool = True) -> None:
         print(message, file=sys.stdout, flush=True)
 
 
-def run_training(config: Config, resume: str | None, command: str) -> int:
-    """Plan (check everything), train, print where results went; exit code 130 if interrupted."""
+def run_training(config: Config, resume: str | None, command: str, progress: bool = True) -> int:
+    """Plan (check everything), train, print where results went; exit code 130 if interrupted.
+    ``progress``: a bar on a terminal, or plain progress lines in a log."""
     plan = plan_run(config, resume)
     main = plan.env.is_main
     try:
@@ -69,7 +70,7 @@ def run_training(config: Config, resume: str | None, command: str) -> int:
         if plan.resume is not None:
             say(f"resuming from {plan.resume}", main)
         say(f"run folder: {plan.run_dir}", main)
-        result = execute(plan, announce=progress_line)
+        result = execute(plan, announce=progress_line, progress=progress)
     finally:
         cleanup_distributed(plan.env)
     if not main:

@@ -105,6 +105,7 @@ def add_config_arguments(parser: argparse.ArgumentParser, resume: bool = True) -
         parser.add_argument("--resume", metavar="CKPT|auto",
                             help="continue from a checkpoint, a run folder, or 'auto' (the output "
                                  "folder's last checkpoint if there is one)")
+        add_no_progress(parser)
     else:  # accepted as before; an evaluation writes no run folder
         parser.add_argument("--output", metavar="DIR", help=argparse.SUPPRESS)
 

@@ -32,4 +32,4 @@ def run(args: argparse.Namespace) -> int:
     if not config.method_names:
         raise ConfigError("transkd distill needs a distillation method: set distill.method "
                           "(e.g. --method transkd_base); use transkd train for plain training")
-    return run_training(config, args.resume, "distill")
+    return run_training(config, args.resume, "distill", progress=not args.no_progress)

@@ -25,4 +25,4 @@ def run(args: argparse.Namespace) -> int:
     if config.method_names:
         raise ConfigError(f"transkd train trains without a teacher, but distill.method is "
                           f"{config.distill.method!r}; use transkd distill")
-    return run_training(config, args.resume, "train")
+    return run_training(config, args.resume, "train", progress=not args.no_progress)
