@@ -373,7 +373,7 @@ def check_training_config(step: Step, args: argparse.Namespace, workdir: Path) -
                ("transkd.cli._common", f"transkd.cli.{args.command}")]
     originals = [module.run_training for module in modules]
     for module in modules:
-        module.run_training = lambda config, resume, command: seen.append(config) or 0
+        module.run_training = lambda config, resume, command, **_: seen.append(config) or 0
     try:
         with _chdir(workdir):
             args.run(args)

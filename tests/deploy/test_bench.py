@@ -84,3 +84,11 @@ def test_summary_statistics():
     assert summary["median_ms"] == pytest.approx(2.5) and summary["repeats"] == 4
     assert (summary["min_ms"], summary["max_ms"]) == pytest.approx((1.0, 4.0))
     assert (summary["q25_ms"], summary["q75_ms"]) == pytest.approx((1.75, 3.25))
+
+
+def test_time_runs_ticks_after_every_call_warmup_included():
+    from transkd.deploy.bench import time_runs
+
+    calls, ticks = [], []
+    timings = time_runs(lambda: calls.append(1), warmup=2, repeats=3, tick=lambda: ticks.append(len(calls)))
+    assert len(timings) == 3 and ticks == [1, 2, 3, 4, 5]

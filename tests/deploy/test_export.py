@@ -164,3 +164,28 @@ def test_export_size_defaults_to_the_training_size(metadata, size, why):
     half = export_input_size(metadata, (40, None))
     assert half == ((40, size[1]), f"as given, the other side from {reason}")
     assert export_input_size(metadata, (40, 48)) == ((40, 48), "as given")
+
+
+class Pointwise(nn.Module):
+    """A 1x1 convolution: exports in a moment at any size."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_progress_in_a_log_is_a_line_per_step(tmp_path, capsys):
+    torch.manual_seed(0)
+    export_onnx(Pointwise().eval(), tmp_path / "m.onnx", input_size=(8, 8), exporter="torchscript",
+                check_sizes=[(1, 8, 12), (2, 6, 6)], progress=True)
+    out = capsys.readouterr().out  # not a terminal: plain lines, graph export then each parity check
+    assert [line.split(",")[0] for line in out.splitlines() if line.startswith("export:")] == \
+        ["export: step 1/3 (33%)", "export: step 2/3 (67%)", "export: step 3/3 (100%)"]
+
+
+def test_no_progress_prints_nothing(tmp_path, capsys):
+    export_onnx(Pointwise().eval(), tmp_path / "m.onnx", input_size=(8, 8), exporter="torchscript")
+    assert capsys.readouterr().out == ""

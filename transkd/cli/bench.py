@@ -10,7 +10,15 @@ from ..deploy.export import EXPORTERS
 from ..jsonsafe import json_safe
 from ..profile import DEFAULT_NUM_CLASSES
 from ._common import say
-from ._options import DEFAULT_INPUT_SIZE, add_batch_size, add_input_size, add_json, add_model, add_num_classes
+from ._options import (
+    DEFAULT_INPUT_SIZE,
+    add_batch_size,
+    add_input_size,
+    add_json,
+    add_model,
+    add_no_progress,
+    add_num_classes,
+)
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -38,6 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--peak-size", type=int, default=2048, metavar="N",
                         help="matrix size of the torch.mm peak (default 2048)")
     add_json(parser)
+    add_no_progress(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -47,6 +56,6 @@ def run(args: argparse.Namespace) -> int:
                           input_size=tuple(args.input_size), batch=args.batch_size, threads=args.threads,
                           repeats=args.repeats, warmup=args.warmup, backends=args.backends,
                           exporter=args.exporter, compile_backend=args.compile_backend,
-                          peak_size=args.peak_size)
+                          peak_size=args.peak_size, progress=not (args.no_progress or args.json))
     say(json.dumps(json_safe(result), indent=2) if args.json else format_bench(result))
     return 0

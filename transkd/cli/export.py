@@ -6,7 +6,7 @@ import argparse
 
 from ..deploy.export import EXPORTERS, FORMATS, export_model
 from ._common import say
-from ._options import add_input_size, add_model, add_output
+from ._options import add_input_size, add_model, add_no_progress, add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,6 +33,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "1 x (H+32) x (W+32) and 2 x (H/2+1) x (W/2+3))")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="torch.export-based (default) or the legacy, faster, deprecated tracer")
+    add_no_progress(parser)
     parser.set_defaults(run=run)
     return parser
 
@@ -40,7 +41,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     result = export_model(args.model, args.output, last=args.last, format=args.format,
                           input_size=args.input_size, check_sizes=args.check_size, opset=args.opset,
-                          exporter=args.exporter, tolerance=args.tolerance, announce=say)
+                          exporter=args.exporter, tolerance=args.tolerance, announce=say,
+                          progress=not args.no_progress)
     if result.format == "safetensors":
         say(f"wrote {result.path} (safetensors, weights + metadata)")
         return 0

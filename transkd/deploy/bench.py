@@ -29,6 +29,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models import create_model, list_models
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
+from ..progress import Progress
 from . import Student
 from .export import export_onnx, onnx_session
 
@@ -46,15 +47,21 @@ def summarize(seconds: Sequence[float]) -> dict[str, float]:
             "max_ms": ms[-1], "repeats": len(ms)}
 
 
-def time_runs(run: Callable[[], Any], warmup: int, repeats: int) -> list[float]:
-    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones."""
+def time_runs(run: Callable[[], Any], warmup: int, repeats: int,
+              tick: Callable[[], None] | None = None) -> list[float]:
+    """Seconds of each of ``repeats`` calls after ``warmup`` untimed ones; ``tick`` is called after
+    every call (progress), outside the timed span."""
     for _ in range(warmup):
         run()
+        if tick is not None:
+            tick()
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
         timings.append(time.perf_counter() - start)
+        if tick is not None:
+            tick()
     return timings
 
 
@@ -123,11 +130,12 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
                 threads: int | None = None, repeats: int = 10, warmup: int = 3,
                 backends: Sequence[str] = BACKENDS, exporter: str = "dynamo",
                 compile_backend: str = "inductor", peak_size: int = 2048, onnx_tolerance: float = 1e-3,
-                source: str = "") -> dict[str, Any]:
+                source: str = "", progress: bool = False) -> dict[str, Any]:
     """Time ``model`` on a random (batch, 3, H, W) input with each backend; see the module docstring.
 
     Returns a JSON-ready dict: the setting (model, input, batch, threads, load average), the
-    FLOPs per forward, the matmul peak and one row per backend.
+    FLOPs per forward, the matmul peak and one row per backend. ``progress``: a bar over the
+    forward passes (warm-up and timed, every backend) on a terminal, a line per backend in a log.
     """
     height, width = _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size)
     model.eval().cpu()
@@ -138,8 +146,18 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
         peak = matmul_peak(peak_size, warmup=1, repeats=max(3, min(repeats, 10)))
         options = {"compile_backend": compile_backend, "exporter": exporter, "threads": used_threads,
                    "workdir": tmp, "onnx_tolerance": onnx_tolerance}
-        rows = [_bench_backend(name, model, images, options, warmup, repeats, flops, peak)
-                for name in backends]
+        per_backend = warmup + repeats
+        bar = Progress(len(backends) * per_backend, description="bench", unit="run", enabled=progress,
+                       interval=per_backend, quiet_for=5.0)
+        try:
+            rows = []
+            for index, name in enumerate(backends):
+                bar.fields["backend"] = name
+                rows.append(_bench_backend(name, model, images, options, warmup, repeats, flops, peak,
+                                           tick=lambda: bar.update(1)))
+                bar.update((index + 1) * per_backend - bar.count)  # a backend that failed early
+        finally:
+            bar.close()
     return {
         "model": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
@@ -199,13 +217,14 @@ def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_s
 
 
 def _bench_backend(name: str, model: nn.Module, images: torch.Tensor, options: dict[str, Any],
-                   warmup: int, repeats: int, flops: int, peak: dict[str, Any]) -> dict[str, Any]:
+                   warmup: int, repeats: int, flops: int, peak: dict[str, Any],
+                   tick: Callable[[], None] | None = None) -> dict[str, Any]:
     row: dict[str, Any] = {"backend": name, "what": _DESCRIPTIONS[name].format(**options)}
     try:
         start = time.perf_counter()
         run = _BUILDERS[name](model, images, options)
         row["setup_s"] = time.perf_counter() - start
-        timings = time_runs(run, warmup, repeats)
+        timings = time_runs(run, warmup, repeats, tick)
     except Exception as exc:  # a backend that cannot build or run is a result, not a crash
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         row.update(status="unavailable", reason=f"{type(exc).__name__}: {reason}"[:300])

@@ -37,6 +37,7 @@ from torch import nn
 from ..errors import ConfigError, TranskdError
 from ..inference import is_size
 from ..jsonsafe import json_safe
+from ..progress import Progress
 from ..weights.io import atomic_write, save_model
 from . import Student
 
@@ -91,12 +92,14 @@ def default_check_sizes(height: int, width: int) -> list[tuple[int, int, int]]:
 def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int] = (512, 1024),
                 opset: int | None = None, exporter: str = "dynamo",
                 check_sizes: Sequence[Sequence[int]] | None = None, tolerance: float | None = 1e-4,
-                metadata: dict[str, Any] | None = None) -> ExportResult:
+                metadata: dict[str, Any] | None = None, progress: bool = False) -> ExportResult:
     """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime.
 
     ``check_sizes`` are (batch, height, width) inputs (default :func:`default_check_sizes`);
     ``tolerance`` None skips the check. ``metadata`` goes into the ONNX ``metadata_props``
     (JSON-encoded values) so the file carries classes, palette and normalisation along.
+    ``progress``: a bar over the steps (graph export, then each parity check) on a terminal, a
+    line per step in a log; the graph export is one opaque call, so the bar moves in steps.
     """
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
@@ -111,14 +114,17 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     model.eval()
     result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance)
     start = time.perf_counter()
+    bar = Progress(1 + (len(sizes) if tolerance is not None else 0), description="export", unit="step",
+                   enabled=progress, interval=1)
 
     def write(tmp: str) -> None:
         _export_graph(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
                       tmp, exporter, opset)
         result.opset = _finish_onnx(tmp, model, metadata)
+        bar.update(1, done="graph")
         if tolerance is None:
             return
-        result.checks = check_parity(model, tmp, sizes)
+        result.checks = check_parity(model, tmp, sizes, on_check=lambda: bar.update(1, done="parity"))
         worst = max(result.checks, key=lambda c: c.max_abs_diff)
         if not worst.max_abs_diff <= tolerance:  # also catches NaN
             raise ExportError(
@@ -126,7 +132,10 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
                 f"{'x'.join(map(str, worst.input_shape))}), above the tolerance {tolerance:g}; "
                 f"nothing was written to {path}")
 
-    atomic_write(path, write)
+    try:
+        atomic_write(path, write)
+    finally:
+        bar.close()
     result.seconds = time.perf_counter() - start
     return result
 
@@ -235,8 +244,9 @@ def onnx_session(path: str | Path, threads: int | None = None):
 
 
 def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int]],
-                 seed: int = 0) -> list[ParityCheck]:
-    """Max |onnxruntime − PyTorch| of the logits on random inputs of each (batch, height, width)."""
+                 seed: int = 0, on_check: Callable[[], None] | None = None) -> list[ParityCheck]:
+    """Max |onnxruntime − PyTorch| of the logits on random inputs of each (batch, height, width);
+    ``on_check`` is called after each size (progress)."""
     session = onnx_session(onnx_path)
     input_name = session.get_inputs()[0].name
     generator = torch.Generator().manual_seed(seed)
@@ -256,6 +266,8 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequen
         diff = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
         checks.append(ParityCheck((batch, 3, height, width), tuple(actual.shape),
                                   diff if math.isfinite(diff) else math.inf))
+        if on_check is not None:
+            on_check()
     return checks
 
 
@@ -328,7 +340,7 @@ def export_model(model: str | Path, output: str | Path, *, last: bool = False,
                  announce: Callable[[str], None] | None = None, **onnx_options: Any) -> ExportResult:
     """What ``transkd export`` runs: load the student at ``model`` (file or run folder; ``last``:
     its last network) and export it with :func:`export_student`. ``announce`` hears which student
-    was loaded before the (long) export starts."""
+    was loaded before the (long) export starts; ``progress=True`` (an ONNX option) shows its steps."""
     if check_sizes and any(v < 1 for triple in check_sizes for v in triple):
         raise ConfigError("--check-size takes three positive integers (batch height width)")
     student = Student.load(model, last=last)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ..inference import InferenceOptions, predict_logits
-from .progress import Progress
+from ..progress import Progress
 
 
 class ConfusionMatrix:

@@ -1,5 +1,5 @@
 """Where training numbers go: a JSONL file (one record per line) and TensorBoard events (the
-progress shown while training is :mod:`transkd.engine.progress`). Only the main process (rank 0)
+progress shown while training is :mod:`transkd.progress`). Only the main process (rank 0)
 writes anything.
 
 JSONL records carry ``"kind"``: ``"train"`` (every loss term, lr, step/data time), ``"val"``

@@ -36,6 +36,7 @@ from ..config import Config
 from ..distill import Distiller
 from ..errors import DiskFullError, TranskdError
 from ..jsonsafe import json_safe
+from ..progress import Progress
 from ..weights.io import deployable_file_name, load_state_strict
 from .checkpoint import (
     capture_rng_state,
@@ -56,7 +57,6 @@ from .distributed import (
 from .evaluate import InferenceOptions, evaluate
 from .interrupt import StopRequest
 from .logging import MetricsLogger
-from .progress import Progress
 from .schedule import LRSchedule, ScheduleSpec
 
 

@@ -26,9 +26,9 @@ import torch
 
 from ..config import Config, config_from_dict, load_config
 from ..engine.logging import read_metrics
-from ..engine.progress import Progress, duration
 from ..errors import ConfigError, TranskdError
 from ..jsonsafe import json_safe
+from ..progress import Progress, duration
 from ..weights.io import MODEL_FILE
 
 

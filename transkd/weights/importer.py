@@ -92,6 +92,7 @@ def import_checkpoint(src: str | os.PathLike, output: str | os.PathLike, *, mode
         raise ConfigError("--class-names and --dataset both name the classes; give one")
     if model is not None:
         get_entry(model)  # an unknown name fails before SRC is read, listing the known ones
+    say("reading", str(src))  # each step is announced when it starts: a large source takes a while
     checkpoint = read_source(src, source, prefix)
     say("source", describe_source(checkpoint))
     architecture, structure = choose_architecture(checkpoint, model, encoder_only, say)
@@ -102,6 +103,7 @@ def import_checkpoint(src: str | os.PathLike, output: str | os.PathLike, *, mode
     mean, std, why = resolve_input_norm(input_norm, checkpoint)
     network.input_mean, network.input_std = mean, std
     classes, classes_line = class_metadata(checkpoint, network, dataset, class_names)
+    say("writing", f"{out} ({to} naming)")
     written = write_output(network, architecture, checkpoint, out, to, classes)
     return ImportResult(path=out, target=to, architecture=architecture,
                         num_classes=getattr(network, "num_classes", None), tensors=written,

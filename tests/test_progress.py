@@ -4,7 +4,7 @@ import io
 import re
 
 from transkd.cli import main
-from transkd.engine.progress import Progress, duration
+from transkd.progress import Progress, duration
 
 
 class Terminal(io.StringIO):
