@@ -34,7 +34,8 @@ def test_round_trip_through_nvlabs_naming_is_exact(tmp_path, saved):
     result = import_checkpoint(src, tmp_path / "m.pth", to="nvlabs",
                                announce=lambda label, text: heard.append(label))
     assert result.target == "nvlabs" and result.architecture == "segformer_b0" and result.num_classes == 4
-    assert heard[0] == "source" and result.parameters == sum(p.numel() for p in model.parameters())
+    assert heard[:2] == ["reading", "source"] and heard[-1] == "writing"  # each step as it starts
+    assert result.parameters == sum(p.numel() for p in model.parameters())
     back = import_checkpoint(tmp_path / "m.pth", tmp_path / "back.safetensors",
                              class_names=_names(tmp_path, ["a", "b", "c"]))
     assert back.classes == f"3 names from {tmp_path / 'names.txt'} + void as output 3"

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..inference import is_size
-from ..models.segmentor import IMAGENET_MEAN, IMAGENET_STD
+from ..models.segmentor import normalisation_of
 from ..weights.io import class_names_of, load_model, model_file, read_metadata
 
 
@@ -55,11 +55,11 @@ class Student:
     def mean(self) -> tuple[float, ...]:
         """Input normalisation in [0, 1] units (ImageNet when the file predates the key, as
         :func:`transkd.weights.io.model_metadata` assumes)."""
-        return tuple(getattr(self.model, "input_mean", IMAGENET_MEAN))
+        return normalisation_of(self.model)[0]
 
     @property
     def std(self) -> tuple[float, ...]:
-        return tuple(getattr(self.model, "input_std", IMAGENET_STD))
+        return normalisation_of(self.model)[1]
 
     @classmethod
     def load(cls, path: str | Path, device: str | torch.device = "cpu", last: bool = False) -> Student:

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..models.segmentor import SegmentationOutput
+from ..models.segmentor import SegmentationOutput, normalisation_of
 from ..options import Keys, convert
 from .align import match_stages, resize_map, resize_tokens
 from .losses import full_precision
@@ -277,14 +277,6 @@ class Distiller(nn.Module):
         terms["loss"] = torch.stack(list(terms.values())).sum()
         terms["logits"] = student_out.logits
         return terms
-
-
-def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """The (mean, std) a network expects of images in [0, 1]."""
-    from ..models.segmentor import IMAGENET_MEAN, IMAGENET_STD
-
-    return (tuple(getattr(model, "input_mean", None) or IMAGENET_MEAN),
-            tuple(getattr(model, "input_std", None) or IMAGENET_STD))
 
 
 def renormalise(images: torch.Tensor, source: nn.Module, target: nn.Module) -> torch.Tensor:

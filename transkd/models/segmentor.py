@@ -42,6 +42,14 @@ class SegmentationOutput:
         return tuple(self.features[index].shape[-2:])
 
 
+def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The (mean, std) a network expects of images in [0, 1]: declared by every transkd, ``hf:``
+    and ``timm:`` segmentor (``input_mean``/``input_std``); ImageNet's for a module of another
+    origin that declares none, the statistics nearly every pre-trained backbone was trained with."""
+    return (tuple(getattr(model, "input_mean", None) or IMAGENET_MEAN),
+            tuple(getattr(model, "input_std", None) or IMAGENET_STD))
+
+
 class Segmentor(nn.Module):
     """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4).
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..errors import CheckpointError, DiskFullError
 from ..jsonsafe import json_safe
-from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model
+from ..models import create_model, normalisation_of
 
 FORMAT_VERSION = "1"
 #: The deployable network of a run trained alone, and of a distillation run.
@@ -166,8 +166,8 @@ def model_metadata(model: nn.Module, **extra: Any) -> dict[str, Any]:
     meta = {
         "architecture": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
-        "mean": list(getattr(model, "input_mean", IMAGENET_MEAN)),
-        "std": list(getattr(model, "input_std", IMAGENET_STD)),
+        "mean": list(normalisation_of(model)[0]),
+        "std": list(normalisation_of(model)[1]),
     }
     options = getattr(model, "model_options", None)
     if options:  # hf:/timm: networks: their configuration, so the file alone rebuilds them
