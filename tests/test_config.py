@@ -49,7 +49,7 @@ def test_setting_iterations_replaces_epochs():
     ("eval.mode=slide", "config key 'eval.crop'"),
     ("model.name=resnet", "config key 'model.name': unknown model 'resnet'"),
     ("model.name=mit_b0", "must name a segmentation model"),
-    ("model.options={drop_pth: 0.1}", "config key 'model.options'"),
+    ("model.options={drop_pth: 0.1}", "unknown config key 'model.options.drop_pth'"),
     ("distill.method=nosuch", "config key 'distill.method': unknown distillation method"),
     ("distill.method=transkd_base", "config key 'teacher.weights' must name"),
     ("distill.options={alpha: 1}", "config key 'distill.options' must be empty for method 'none'"),

@@ -26,6 +26,10 @@ TYPOS = {
     "validation dataset option": (["data.val_options={sise: 64}"], "'data.val_options.sise'",
                                   "'data.val_options.size'"),
     "protocol option": (["protocol.crop_sise=[64, 64]"], "'protocol.crop_sise'", "'protocol.crop_size'"),
+    "model option": (["model.options={drop_path_rat: 0.1}"], "'model.options.drop_path_rat'",
+                     "'model.options.drop_path_rate'"),
+    "model head option": (["model.name=pvtv2_b0_fpn", "model.options={dropot: 0.1}"],
+                          "'model.options.dropot'", "'model.options.dropout'"),
 }
 
 

@@ -24,7 +24,7 @@ import yaml
 from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
-from .errors import ConfigError
+from .errors import ConfigError, UnknownOptionError
 from .inference import InferenceOptions
 from .jsonsafe import json_safe
 from .options import Keys, check_ranges, convert
@@ -438,6 +438,10 @@ def _check_model_options(name: str, options: dict[str, Any]) -> None:
 
     try:
         create_model(name, num_classes=2, **options)
+    except UnknownOptionError as exc:
+        hint = (f"; did you mean 'model.options.{exc.closest}'?" if exc.closest else
+                f"; options of {name}: {', '.join(exc.known)}")
+        raise ConfigError(f"unknown config key 'model.options.{exc.name}'{hint}") from None
     except (TypeError, ValueError, ConfigError) as exc:
         raise ConfigError(f"config key 'model.options' does not fit {name!r}: "
                           f"{str(exc).splitlines()[0]}") from None

@@ -9,6 +9,16 @@ class ConfigError(TranskdError, ValueError):
     """A config key, value or option that is unknown, of the wrong type or out of range."""
 
 
+class UnknownOptionError(ConfigError):
+    """An option name a builder does not take, with the closest one it does (or None), so that
+    the config layer can name it by its full dotted key."""
+
+    def __init__(self, name: str, closest: str | None, known: tuple[str, ...]) -> None:
+        hint = f"; did you mean {closest!r}?" if closest else ""
+        super().__init__(f"unknown option {name!r}{hint} (options: {', '.join(known)})")
+        self.name, self.closest, self.known = name, closest, known
+
+
 class CheckpointError(TranskdError, ValueError):
     """A checkpoint that is missing, corrupt, unsafe or does not fit the model."""
 

@@ -6,12 +6,13 @@ MLP ratios; the configuration lives in :class:`EncoderConfig`.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import UnknownOptionError
 from .layers import OverlapPatchEmbed, TransformerBlock, init_transformer_weights, tokens_to_grid
 from .registry import register_model
 
@@ -126,11 +127,19 @@ def _register_encoders() -> None:
                        description=f"Mix Transformer {name[-2:].upper()} encoder")
 
 
-def _with_overrides(cfg: EncoderConfig, overrides: dict) -> EncoderConfig:
-    allowed = {"drop_path_rate", "drop_rate", "attn_drop_rate", "in_chans"}
-    unknown = set(overrides) - allowed
+#: Encoder options a builder passes on (``model.options``); the rest of the config is the size's own.
+ENCODER_OPTIONS = ("attn_drop_rate", "drop_path_rate", "drop_rate", "in_chans")
+
+
+def _with_overrides(cfg: EncoderConfig, overrides: dict,
+                    builder_options: tuple[str, ...] = ()) -> EncoderConfig:
+    """``cfg`` with encoder ``overrides``; an unknown name is refused with the closest known one
+    (``builder_options``: what the calling builder itself takes, e.g. a head's ``dropout``)."""
+    unknown = sorted(set(overrides) - set(ENCODER_OPTIONS))
     if unknown:
-        raise ConfigError(f"unknown encoder option(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+        known = tuple(sorted({*ENCODER_OPTIONS, *builder_options}))
+        close = difflib.get_close_matches(unknown[0], known, n=1)
+        raise UnknownOptionError(unknown[0], close[0] if close else None, known)
     return EncoderConfig(**{**cfg.__dict__, **overrides})
 
 

@@ -104,7 +104,8 @@ def check_input(x: torch.Tensor, channels: int = 3) -> None:
 def _segformer_builder(name: str, encoder_name: str, decoder_dim: int):
     def build(num_classes: int, decoder_dim: int = decoder_dim, dropout: float = 0.1,
               **encoder_overrides) -> Segmentor:
-        encoder = HierarchicalEncoder(_with_overrides(MIT_CONFIGS[encoder_name], encoder_overrides))
+        encoder = HierarchicalEncoder(_with_overrides(MIT_CONFIGS[encoder_name], encoder_overrides,
+                                                      ("decoder_dim", "dropout")))
         head = SegFormerHead(encoder.widths, num_classes, embed_dim=decoder_dim, dropout=dropout)
         return Segmentor(encoder, head, name=name, num_classes=num_classes)
     return build
@@ -112,7 +113,8 @@ def _segformer_builder(name: str, encoder_name: str, decoder_dim: int):
 
 def _fpn_builder(name: str, encoder_name: str):
     def build(num_classes: int, dropout: float = 0.1, **encoder_overrides) -> Segmentor:
-        encoder = HierarchicalEncoder(_with_overrides(PVTV2_CONFIGS[encoder_name], encoder_overrides))
+        encoder = HierarchicalEncoder(_with_overrides(PVTV2_CONFIGS[encoder_name], encoder_overrides,
+                                                      ("dropout",)))
         head = SemanticFPNHead(encoder.widths, num_classes, dropout=dropout)
         return Segmentor(encoder, head, name=name, num_classes=num_classes)
     return build
