@@ -9,6 +9,9 @@ wall time) with ``transkd report``.
     python benchmarks/camvid/run_table.py --data /path/to/CamVid --output runs/camvid_table \
         --epochs 25 --threads 2 --jobs 2
 
+``--student-model timm:resnet18 --methods kd,cwd,csf_only`` runs the same teacher into another
+family of student (a CNN here) with the methods whose needs it meets.
+
 Presets: ``configs/camvid/*_cpu40e.yaml`` (192×256 inputs, 40 epochs, batch 8). The resolution
 and schedule are chosen so the whole table fits a CPU budget; ``--epochs`` shortens it further
 (every run gets the same value; the table in docs/results.md used 25, about two hours on two
@@ -83,6 +86,9 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="override the presets' 40 epochs")
     parser.add_argument("--methods", default=",".join(STUDENT_METHODS),
                         help="comma-separated distillation methods")
+    parser.add_argument("--student-model", default=None, metavar="NAME",
+                        help="student network of every student run instead of the presets' segformer_b0, "
+                             "e.g. timm:resnet18 (runs are then named <method>_b2-<name>)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -99,18 +105,22 @@ def main() -> int:
     sets = [item for o in overrides for item in ("--set", o)]
     tool = [sys.executable, "-m", "transkd"]
     common = ["--data", args.data, *sets]
+    student_sets = ["--set", f"model.name={args.student_model}"] if args.student_model else []
+    short = (args.student_model or "segformer_b0").split(":")[-1].removeprefix("segformer_")
+    plain = "student_b0" if not args.student_model else f"student_{short}"
 
     teacher_dir = out / "teacher_b2"
     run([*tool, "train", "--config", str(PRESETS / "teacher_b2_cpu40e.yaml"),
          "--output", str(teacher_dir), *common], args.threads)
     teacher = teacher_dir / "best" / "model.safetensors"
     students: list[tuple[str, list[str]]] = [
-        ("student_b0", [*tool, "train", "--config", str(PRESETS / "student_b0_cpu40e.yaml"),
-                        "--output", str(out / "student_b0"), *common])]
+        (plain, [*tool, "train", "--config", str(PRESETS / "student_b0_cpu40e.yaml"),
+                 "--output", str(out / plain), *common, *student_sets])]
     for method in [m for m in args.methods.split(",") if m]:
-        students.append((f"{method}_b2-b0", [
+        students.append((f"{method}_b2-{short}", [
             *tool, "distill", "--config", str(PRESETS / f"{method}_b2-b0_cpu40e.yaml"),
-            "--teacher", str(teacher), "--output", str(out / f"{method}_b2-b0"), *common]))
+            "--teacher", str(teacher), "--output", str(out / f"{method}_b2-{short}"), *common,
+            *student_sets]))
     # Longest first, so the last job to start is a short one and the cores finish together.
     run_pool(students[:0:-1] + students[:1], args.jobs, per_job, out / "logs")
     runs = [teacher_dir] + [out / name for name, _ in students]
