@@ -27,6 +27,7 @@ from .distill.registry import method_classes, needs_teacher, parse_method, parse
 from .errors import ConfigError, UnknownOptionError
 from .inference import InferenceOptions
 from .jsonsafe import json_safe
+from .models import create_model, get_entry
 from .options import Keys, check_ranges, convert
 
 Precision = Literal["fp32", "bf16", "fp16"]
@@ -335,8 +336,6 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 def validate(config: Config) -> Config:
     """Ranges and cross-field rules; each failure names the dotted key."""
-    from .models import get_entry
-
     for key, name in (("model.name", config.model.name), ("teacher.name", config.teacher.name)):
         if name is not None:
             entry = _known_model(name, key, get_entry)
@@ -434,8 +433,6 @@ def _check_model_options(name: str, options: dict[str, Any]) -> None:
     """Build the network once to check builder options (only when there are any)."""
     if not options:
         return
-    from .models import create_model
-
     try:
         create_model(name, num_classes=2, **options)
     except UnknownOptionError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import shlex
 
+from ..recipes.demo import DemoInterrupted, results_table, run_demo
 from ._common import say
 
 DEFAULT_OUTPUT = "runs/demo"
@@ -34,7 +35,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..recipes.demo import DemoInterrupted, results_table, run_demo
 
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
     say(f"demo folder: {args.output}")

@@ -25,11 +25,18 @@ from typing import Any
 import torch
 
 from ..config import Config, config_from_dict, load_config
+from ..data import build_dataset
+from ..data.protocols import TransformedDataset, build_transform
+from ..distill import get_method
+from ..engine import build
 from ..engine.logging import read_metrics
+from ..engine.run import check_output_dir, execute, plan_run
+from ..engine.visualize import plot_curves, save_predictions
 from ..errors import ConfigError, TranskdError
 from ..jsonsafe import json_safe
+from ..profile import MACS_CONVENTION, count_macs_conv_linear, count_params, eval_mode, profile_distiller
 from ..progress import Progress, duration
-from ..weights.io import MODEL_FILE
+from ..weights.io import MODEL_FILE, load_model
 
 
 @dataclass(frozen=True)
@@ -122,7 +129,6 @@ def plan_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
 
     ``output`` may be new, empty, or a demo started before with the same options (its runs are
     then continued); anything else is refused with one sentence."""
-    from ..distill import get_method
 
     if not minutes > 0:
         raise ConfigError(f"--minutes must be positive, got {minutes}")
@@ -144,7 +150,6 @@ def plan_demo(output: Path, minutes: float = BUDGET_MINUTES, tiny: bool = False,
 
 
 def _check_folder(output: Path, runs: list[DemoRun]) -> None:
-    from ..engine.run import check_output_dir
 
     if output.exists() and not output.is_dir():
         raise ConfigError(f"demo folder {output} is a file; choose a folder with --output")
@@ -258,7 +263,6 @@ class _Trained:
 
 def _train(run: DemoRun, progress: bool, overall: Progress) -> _Trained:
     """Train (or continue) one run, or read back the one a previous start finished."""
-    from ..engine.run import execute, plan_run
 
     folder = Path(run.config.output.dir)
     if run.state == "done":
@@ -283,9 +287,6 @@ def _train(run: DemoRun, progress: bool, overall: Progress) -> _Trained:
 def _row(run: DemoRun, trained: _Trained, size: DemoSize,
          models: dict[str, torch.nn.Module]) -> tuple[dict[str, Any], torch.nn.Module]:
     """The table row of one trained run, and its network for the prediction grid."""
-    from ..engine import build
-    from ..profile import count_macs_conv_linear, count_params, eval_mode, profile_distiller
-    from ..weights.io import load_model
 
     config = run.config
     model = load_model(trained.best_weights)
@@ -312,10 +313,6 @@ def _finish(output: Path, size: DemoSize, tiny: bool, seed: int, rows: list[dict
             models: dict[str, torch.nn.Module], curves: dict[str, list[dict[str, Any]]],
             started: float) -> dict[str, Any]:
     """Prediction grid, curves, ``results.json`` and ``results.md``; returns the summary."""
-    from ..data import build_dataset
-    from ..data.protocols import TransformedDataset, build_transform
-    from ..engine.visualize import plot_curves, save_predictions
-    from ..profile import MACS_CONVENTION
 
     first = demo_config("student", size, BUDGET_MINUTES, output / "student", seed)
     val_raw = build_dataset("synthetic", split="val", length=size.val_length, size=list(size.image_size))

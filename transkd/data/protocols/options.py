@@ -115,7 +115,7 @@ class ProtocolOptions:
         return self
 
     def _check_ranges(self) -> None:
-        from .base import list_protocols
+        from .base import list_protocols  # the registry's module reads these options' type
 
         _check(self.name in list_protocols(), "name", self.name, f"one of {', '.join(list_protocols())}")
         _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,
