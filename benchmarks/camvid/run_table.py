@@ -17,6 +17,7 @@ and schedule are chosen so the whole table fits a CPU budget; ``--epochs`` short
 (every run gets the same value; the table in docs/results.md used 25, about two hours on two
 cores) and ``--set`` passes extra overrides to every run. Each command is printed before it runs
 so every row can be reproduced by hand; ``keep_results.py`` then keeps the metrics and report.
+Every run resumes from its last checkpoint, so the same command completes an interrupted table.
 
 The teacher trains first with every thread (``--threads``); the student runs then share the
 machine, ``--jobs`` at a time with ``threads // jobs`` threads each (one single-threaded process
@@ -104,7 +105,9 @@ def main() -> int:
     overrides = [*args.set] + ([f"train.epochs={args.epochs}"] if args.epochs else [])
     sets = [item for o in overrides for item in ("--set", o)]
     tool = [sys.executable, "-m", "transkd"]
-    common = ["--data", args.data, *sets]
+    # --resume auto: a run with a checkpoint continues, a finished one only reports again, so an
+    # interrupted table (a session ended, a machine rebooted) is completed by the same command.
+    common = ["--data", args.data, "--resume", "auto", *sets]
     student_sets = ["--set", f"model.name={args.student_model}"] if args.student_model else []
     short = (args.student_model or "segformer_b0").split(":")[-1].removeprefix("segformer_")
     plain = "student_b0" if not args.student_model else f"student_{short}"
