@@ -101,6 +101,27 @@ def build_network(config: Config, num_outputs: int) -> nn.Module:
     return model
 
 
+def adopt_student_normalisation(config: Config, student: nn.Module) -> str | None:
+    """Make the pipeline normalise as a pretrained student expects, and say so.
+
+    A student whose weights were trained with a normalisation of their own (``owns_normalisation``:
+    an ``hf:`` model from its folder or hub id, a ``timm:`` backbone with ``pretrained=True``) is fed
+    that normalisation, whatever the protocol says; a student from random weights adopts the
+    protocol's. The config is updated, so the saved ``config.yaml`` and the student's file say what
+    was applied. Returns the sentence to announce, or None when nothing changed.
+    """
+    if not getattr(student, "owns_normalisation", False):
+        return None
+    own = (tuple(float(v) for v in student.input_mean), tuple(float(v) for v in student.input_std))
+    protocol = config.protocol
+    if protocol.input_normalization() == own:
+        return None
+    before = "no normalisation" if not protocol.normalize else f"mean {protocol.mean}, std {protocol.std}"
+    protocol.normalize, protocol.mean, protocol.std = True, own[0], own[1]
+    return (f"input normalisation: {getattr(student, 'model_name', 'the student')}'s own (mean {own[0]}, "
+            f"std {own[1]}), the one its pretrained weights expect, instead of the protocol's ({before})")
+
+
 def initialise_from(model: nn.Module, path: str | os.PathLike) -> None:
     """Load a full segmentor file, or an encoder file into ``model.encoder`` (ImageNet weights)."""
     state, meta = read_safetensors(path)

@@ -254,13 +254,16 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None, progre
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bool,
              on_step: Callable[[], None] | None) -> RunResult:
     config, env = plan.config, plan.env
+    seed_everything(config.train.seed)
+    student = build.build_network(config, plan.bundle.num_outputs)
+    note = build.adopt_student_normalisation(config, student)  # before the pipeline is built
+    if note is not None and announce is not None and env.is_main:
+        announce(note)
     barrier(env)  # every rank has checked the output folder before the first one writes to it
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     barrier(env)
-    seed_everything(config.train.seed)
-    student = build.build_network(config, plan.bundle.num_outputs)
     criterion = build.criterion_for(config, plan.bundle, plan.device)
     distiller = build.build_distiller(config, student, plan.teacher, criterion)
     if env.enabled:  # different dropout/drop-path draws per rank, same initial weights
