@@ -13,6 +13,7 @@ from tqdm import tqdm
 
 from ..config import Config, load_config
 from ..engine.distributed import cleanup_distributed
+from ..engine.interrupt import exit_code
 from ..engine.run import execute, plan_run, protocol_description
 from ._options import config_overrides
 
@@ -60,7 +61,8 @@ def say(message: str = "", enabled: bool = True) -> None:
 
 
 def run_training(config: Config, resume: str | None, command: str, progress: bool = True) -> int:
-    """Plan (check everything), train, print where results went; exit code 130 if interrupted.
+    """Plan (check everything), train, print where results went; exit code 128 + the signal's
+    number if a signal interrupted it (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
     ``progress``: a bar on a terminal, or plain progress lines in a log."""
     plan = plan_run(config, resume)
     main = plan.env.is_main
@@ -74,16 +76,17 @@ def run_training(config: Config, resume: str | None, command: str, progress: boo
     finally:
         cleanup_distributed(plan.env)
     if not main:
-        return 0 if result.status == "completed" else 130
+        return 0 if result.status == "completed" else exit_code(result.stopped_by)
     where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
     if result.teacher_val:
         say(f"teacher val mIoU {percent(result.teacher_val['miou'])}% "
             f"(pixel acc {percent(result.teacher_val['acc'])}%) — {where}")
     if result.status == "interrupted":
-        say(f"interrupted after {result.steps}/{result.total_steps} steps; resumable checkpoint: "
+        by = f" by {result.stopped_by}" if result.stopped_by not in (None, "SIGINT") else ""
+        say(f"interrupted{by} after {result.steps}/{result.total_steps} steps; resumable checkpoint: "
             f"{result.checkpoint}")
         say(f"continue with: transkd {command} ... --output {plan.run_dir} --resume auto")
-        return 130
+        return exit_code(result.stopped_by)
     best = result.best or {}
     last = result.last_val or {}
     say(f"best val mIoU {percent(best.get('miou'))}% at step {best.get('step')} "

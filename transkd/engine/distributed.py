@@ -56,6 +56,14 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this job (``--max-restarts``); 0 on a first start.
+
+    After a restart every process starts the same command again; a run then continues from its
+    last checkpoint by itself, as ``--resume auto`` would."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def init_distributed(device_type: str) -> DistEnv:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); no-op otherwise."""
     world_size = env_world_size()

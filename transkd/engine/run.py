@@ -19,6 +19,7 @@ new files, and ``config.yaml`` goes back to what it was). Run folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -38,7 +39,8 @@ from ..models import create_model
 from ..weights.io import atomic_write, load_state_strict
 from . import build
 from .checkpoint import LAST_NAME, resolve_resume, verify_resume
-from .distributed import DistEnv, barrier, init_distributed
+from .distributed import DistEnv, barrier, elastic_restart, init_distributed
+from .lock import LOCK_NAME, RunLock, check_not_in_use
 from .trainer import RunResult, Trainer, seed_everything
 
 
@@ -105,10 +107,19 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
         raise ConfigError("config key 'train.sync_bn' needs CUDA: PyTorch's SyncBatchNorm does not "
                           "run on the CPU (use train.freeze_bn or a larger per-process batch)")
     run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
+    if env.is_main:
+        check_not_in_use(run_dir)
+    if resume is None and elastic_restart() > 0:
+        resume = "auto"  # torchrun restarted the job after a process failed: continue it
     resume_path = resolve_resume(resume, run_dir / "checkpoints")
     resume_note = resume_state = None
     if resume_path is not None:
         resume_path, resume_note, resume_state = verify_resume(resume_path)
+    if elastic_restart() > 0:
+        restart = f"torchrun restarted the job (restart {elastic_restart()})"
+        restart += (": continuing from its last checkpoint" if resume_path is not None
+                    else ": no checkpoint was written yet, starting again")
+        resume_note = f"{restart}; {resume_note}" if resume_note else restart
     check_output_dir(run_dir, resuming=resume is not None)
     if config.model.init is not None and not Path(config.model.init).is_file():
         raise ConfigError(f"model.init {config.model.init} does not exist")
@@ -210,7 +221,7 @@ class StartGuard:
             shutil.rmtree(self.created, ignore_errors=True)
             return
         for path in self.run_dir.iterdir():
-            if path.name not in self.existing:
+            if path.name not in self.existing and path.name != LOCK_NAME:
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -243,12 +254,14 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None, progre
     ``on_step`` go to the :class:`Trainer`. A failure before the first checkpoint leaves the
     output folder as it was (see :class:`StartGuard`)."""
     guard = StartGuard(plan.run_dir) if plan.env.is_main else None
-    try:
-        return _execute(plan, announce, progress, on_step)
-    except BaseException:
-        if guard is not None:
-            guard.undo()
-        raise
+    # The main process holds the folder's lock while it trains; a refusal writes nothing.
+    with RunLock(plan.run_dir) if plan.env.is_main else contextlib.nullcontext():
+        try:
+            return _execute(plan, announce, progress, on_step)
+        except BaseException:
+            if guard is not None:
+                guard.undo()
+            raise
 
 
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bool,

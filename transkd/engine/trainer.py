@@ -81,6 +81,7 @@ class RunResult:
     best_weights: Path | None
     last_weights: Path | None
     extra: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # the signal that interrupted it (e.g. "SIGTERM"), if this rank saw one
 
 
 @dataclass
@@ -258,6 +259,7 @@ class Trainer:
         self.skipped = 0
         self.elapsed_before = 0.0
         self.checkpoint_path: Path | None = None
+        self.agreed_stop = False
         self.best_weights: Path | None = None
         self.last_weights: Path | None = None
         rng_state = None
@@ -295,8 +297,11 @@ class Trainer:
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
-            if self.is_main:
-                self._save(optimizer, schedule, scaler, start, export=False)
+            # Every rank saves together when they agreed to stop at this step; a second signal
+            # ("stop at once") may have caught the ranks apart, so then the main one saves alone.
+            if self.is_main or self.agreed_stop:
+                self._save(optimizer, schedule, scaler, start, export=False,
+                           gather=self.agreed_stop)
                 logger.log("event", self.position.step, event="interrupted",
                            checkpoint=str(self.checkpoint_path))
         finally:
@@ -304,12 +309,12 @@ class Trainer:
         if status == "completed":
             if self.last_val is None or self.last_val.get("step") != self.position.step:
                 self._validate(val_loader, logger)
-            if self.is_main:
-                self._save(optimizer, schedule, scaler, start, export=True)
+            self._save(optimizer, schedule, scaler, start, export=True)
         seconds = self.elapsed_before + time.perf_counter() - start
         result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
-                           self.checkpoint_path, self.best_weights, self.last_weights)
+                           self.checkpoint_path, self.best_weights, self.last_weights,
+                           stopped_by=self.stop.requested if status == "interrupted" else None)
         if self.is_main:
             self._write_summary(result)
         return result
@@ -372,6 +377,7 @@ class Trainer:
         if self.env.enabled:
             requested = any_true(requested, self.env, self.device)
         if requested:
+            self.agreed_stop = True  # every rank raises here, at the same step
             raise KeyboardInterrupt
 
     def _after_interval(self, count: int, final: bool, val_loader, logger, optimizer, schedule,
@@ -384,7 +390,7 @@ class Trainer:
         if count % train.val_interval == 0:
             self._validate(val_loader, logger)
             self._set_train_mode()
-        if count % train.checkpoint_interval == 0 and self.is_main:
+        if count % train.checkpoint_interval == 0:
             self._save(optimizer, schedule, scaler, start, export=True)
 
     def _set_train_mode(self) -> None:
@@ -493,13 +499,29 @@ class Trainer:
         adapters = self.distiller.methods if len(self.distiller.methods) else None
         return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
 
-    def _save(self, optimizer, schedule, scaler, start: float, export: bool) -> None:
+    def _rank_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state at the last step (a collective: all ranks call it)."""
+        if not self.env.enabled:
+            return [self.rng_at_step]
+        states: list[Any] = [None] * self.env.world_size
+        torch.distributed.all_gather_object(states, self.rng_at_step)
+        return states
+
+    def _save(self, optimizer, schedule, scaler, start: float, export: bool, gather: bool = True) -> None:
+        """Write the checkpoint (main process). Called on every rank, at the same step, so that
+        it holds every rank's random state (dropout and drop-path draws differ per rank): a run
+        resumed on the same number of processes then continues exactly. ``gather=False`` only
+        when the ranks may be apart (a second "stop at once" signal)."""
+        rng_ranks = self._rank_rng_states() if gather else [self.rng_at_step]
+        if not self.is_main:
+            return
         checkpoint = {
             "model": self.distiller.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "rng": self.rng_at_step,
+            "rng_ranks": rng_ranks if len(rng_ranks) > 1 else None,
             "position": {"step": self.position.step, "epoch": self.position.epoch,
                          "batch": self.position.batch},
             "best": self.best,
@@ -534,7 +556,10 @@ class Trainer:
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
             best = self.run_dir / "best" / deployable_file_name(distilled=len(self.distiller.methods) > 0)
             self.best_weights = best if best.is_file() else None
-        return checkpoint["rng"]
+        ranks = checkpoint.get("rng_ranks")
+        if ranks and len(ranks) == self.env.world_size:
+            return ranks[self.env.rank]
+        return checkpoint["rng"]  # rank 0's state: another process count, or an older checkpoint
 
     def _write_summary(self, result: RunResult) -> None:
         summary = {
