@@ -75,8 +75,23 @@ def init_distributed(device_type: str) -> DistEnv:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of this start, its keys prefixed by torchrun's restart count.
+
+    After a restart (``--max-restarts``) the processes of the new attempt could otherwise read
+    the addresses the dead attempt published in the same store and fail to connect ("Connection
+    refused"); a prefix per attempt keeps them apart. Under torchrun the agent hosts the store;
+    launched by hand (``MASTER_ADDR``/``MASTER_PORT``) rank 0 hosts it, as ``env://`` does."""
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_hosts and rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"transkd/attempt_{elastic_restart()}", store)
 
 
 def cleanup_distributed(env: DistEnv) -> None:
