@@ -139,6 +139,9 @@ class TrainConfig:
     deterministic: bool = False
     val_interval: int = 1
     checkpoint_interval: int = 1
+    #: Resumable checkpoints kept: 1 (last.pt), 2 (+ previous.pt, the fallback when last.pt is
+    #: damaged) or more (+ step_<n>.pt links to the newest ones); bounds a long run's disk use.
+    keep_checkpoints: int = 2
     log_interval: int = 10
     num_workers: int = 2
     #: A NaN/inf loss: ``stop`` with a message, or ``skip`` the step and count it.
@@ -405,7 +408,8 @@ def _check_schedule(config: Config) -> None:
 
 
 def _check_train(train: TrainConfig) -> None:
-    for key in ("batch_size", "grad_accum", "val_interval", "checkpoint_interval", "log_interval"):
+    for key in ("batch_size", "grad_accum", "val_interval", "checkpoint_interval", "keep_checkpoints",
+                "log_interval"):
         value = getattr(train, key)
         _require(value >= 1, f"train.{key}", f"must be a positive integer, got {value}")
     _require(train.num_workers >= 0, "train.num_workers",

@@ -293,7 +293,7 @@ class Trainer:
             if self.checkpoint_path is None:
                 raise
             raise DiskFullError(exc.path, exc.kept, "free some space and continue the run with "
-                                "--resume auto") from None
+                                "--resume auto", exc.reason) from None
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
@@ -531,7 +531,8 @@ class Trainer:
             "method": self.distiller.method_name,
             "student": getattr(self.distiller.student, "model_name", None),
         }
-        self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint)
+        self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint,
+                                               keep=self.config.train.keep_checkpoints)
         if export:
             self.last_weights = self._export("last")
 
