@@ -68,6 +68,9 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: Options of the validation split that differ from ``options`` (e.g. a shorter synthetic split).
     val_options: dict[str, Any] = field(default_factory=dict)
+    #: A training sample that cannot be read mid-run: stop naming its file (false), or train on the
+    #: next readable one in its place and count it in the log and the summary (true).
+    skip_bad_samples: bool = False
 
 
 @dataclass

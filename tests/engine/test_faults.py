@@ -162,3 +162,76 @@ def test_a_rank_killed_under_torchrun_restarts_and_ends_with_the_uninterrupted_w
     torchrun(tmp_path / "straight", kill_rank1_at=None)
     assert_bit_identical(tensors(model_file(tmp_path / "killed", last=True)),
                          tensors(model_file(tmp_path / "straight", last=True)), "restarted vs uninterrupted")
+
+
+# ------------------------------------------------------------------------------ data faults
+
+def folder_with_a_truncated_image(root: Path) -> Path:
+    """A folder dataset of 8 training images; one of them is cut short after a valid header, so
+    the run starts (headers are checked up front) and the file fails when it is decoded."""
+    from tests.data.test_datasets import write_classes, write_image, write_label
+
+    root.mkdir(parents=True)
+    write_classes(root)
+    for split, count in (("train", 8), ("val", 2)):
+        for i in range(count):
+            write_image(root / "images" / split / f"f{i}.png", 10 * i, size=(32, 64))
+            write_label(root / "masks" / split / f"f{i}.png", [0, 1, 2], size=(32, 64))
+    bad = root / "images" / "train" / "f5.png"
+    data = bad.read_bytes()
+    bad.write_bytes(data[:len(data) - 30])  # header and part of the pixel data, no end
+    return bad
+
+
+FOLDER_RUN = ["--set", "data.name=folder", "--set", "protocol.image_size=[32, 64]",
+              "--set", "train.batch_size=2", "--set", "train.iterations=8",
+              "--set", "schedule.kind=standard", "--set", "schedule.warmup_iters=2",
+              "--set", "train.val_interval=1000", "--set", "train.log_interval=1",
+              "--set", "train.tensorboard=false", "--set", "eval.batch_size=2", "--no-progress"]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_sample_mid_run_stops_naming_its_file(tmp_path, capsys, workers):
+    bad = folder_with_a_truncated_image(tmp_path / "data")
+    code = main(["train", *FOLDER_RUN, "--data", str(tmp_path / "data"),
+                 "--set", f"train.num_workers={workers}", "--output", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot read image {bad}" in err and "training stopped at step" in err
+    assert "data.skip_bad_samples=true" in err and err.count("\n") == 1
+
+
+def test_skip_bad_samples_trains_on_and_counts_them(tmp_path):
+    import json
+
+    bad = folder_with_a_truncated_image(tmp_path / "data")
+    code = main(["train", *FOLDER_RUN, "--data", str(tmp_path / "data"), "--set", "train.num_workers=0",
+                 "--set", "data.skip_bad_samples=true", "--output", str(tmp_path / "run")])
+    assert code == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["bad_samples_skipped"] == 2  # 2 epochs
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    skipped = [e for e in events if e.get("event") == "bad_samples_skipped"]
+    assert len(skipped) == 2 and str(bad) in skipped[0]["errors"][0]
+
+
+def test_a_worker_that_dies_is_named_with_the_file_it_was_reading(tmp_path, capsys, monkeypatch):
+    from transkd.data.datasets.base import FilePairDataset
+
+    folder_with_a_truncated_image(tmp_path / "data")
+    (tmp_path / "data" / "images" / "train" / "f5.png").unlink()
+    (tmp_path / "data" / "masks" / "train" / "f5.png").unlink()
+    read = FilePairDataset.__getitem__
+
+    def read_or_die(self, index):  # runs in the forked worker: dies like an OOM-killed process
+        if self.pairs[index].name == "f3" and self.split == "train":
+            os.kill(os.getpid(), signal.SIGKILL)
+        return read(self, index)
+
+    monkeypatch.setattr(FilePairDataset, "__getitem__", read_or_die)
+    code = main(["train", *FOLDER_RUN, "--data", str(tmp_path / "data"), "--set", "train.num_workers=2",
+                 "--output", str(tmp_path / "run")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "data loader worker" in err and "died while reading" in err
+    assert str(tmp_path / "data" / "images" / "train" / "f3.png") in err and err.count("\n") == 1

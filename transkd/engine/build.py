@@ -62,7 +62,8 @@ def transformed(bundle: DataBundle, config: Config) -> tuple[TransformedDataset 
     train = None
     if bundle.train is not None:
         train = TransformedDataset(bundle.train, build_transform(opts, train=True,
-                                                                 num_classes=bundle.num_classes), seed)
+                                                                 num_classes=bundle.num_classes), seed,
+                                   skip_bad=config.data.skip_bad_samples)
     val = TransformedDataset(bundle.val, build_transform(opts, train=False, num_classes=bundle.num_classes),
                              seed)
     return train, val

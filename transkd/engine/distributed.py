@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 
 @dataclass(frozen=True)
@@ -183,10 +183,18 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
 class EpochIndexedDataset(Dataset):
     """Takes ``(epoch, index)`` keys and sets the wrapped dataset's epoch before reading, so the
-    per-sample augmentation seed ``[seed, epoch, index]`` is right in every worker process."""
+    per-sample augmentation seed ``[seed, epoch, index]`` is right in every worker process.
+
+    Each worker also notes, in memory shared with the trainer, its pid and the sample it is
+    reading, so a worker that dies (killed, out of memory, a crash in a decoder) can be named
+    with the file it was reading (:meth:`reading`)."""
+
+    MAX_WORKERS = 256
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        # [worker id] -> (pid, sample index or -1); shared with the worker processes.
+        self.slots = torch.full((self.MAX_WORKERS, 2), -1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -195,7 +203,19 @@ class EpochIndexedDataset(Dataset):
         epoch, index = key
         if self.dataset.epoch != epoch:
             self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+        worker = get_worker_info()
+        slot = self.slots[worker.id] if worker is not None and worker.id < self.MAX_WORKERS else None
+        if slot is not None:
+            slot[0], slot[1] = os.getpid(), index
+        sample = self.dataset[index]
+        if slot is not None:
+            slot[1] = -1
+        return sample
+
+    def reading(self, pids: set[int] | None = None) -> list[tuple[int, int, int]]:
+        """``(worker id, pid, sample index)`` of the workers caught mid-read (of ``pids`` if given)."""
+        return [(worker, int(pid), int(index)) for worker, (pid, index) in enumerate(self.slots.tolist())
+                if index >= 0 and (pids is None or pid in pids)]
 
 
 class ShardSampler(Sampler[int]):

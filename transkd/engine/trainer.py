@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 from ..config import Config
 from ..distill import Distiller
-from ..errors import DiskFullError, TranskdError
+from ..errors import DatasetError, DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..progress import Progress
 from ..weights.io import deployable_file_name, load_state_strict
@@ -45,6 +45,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .data_faults import data_fault
 from .distributed import (
     DistEnv,
     EpochIndexedDataset,
@@ -194,7 +195,8 @@ class Trainer:
         if workers > 0:
             common["prefetch_factor"] = 4
         seed = self.config.train.seed
-        train_loader = DataLoader(EpochIndexedDataset(self.train_set), batch_size=self.batch_size,
+        self.indexed_train = EpochIndexedDataset(self.train_set)
+        train_loader = DataLoader(self.indexed_train, batch_size=self.batch_size,
                                   sampler=self.sampler, drop_last=True,
                                   generator=torch.Generator().manual_seed(seed), **common)
         val_sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
@@ -257,6 +259,8 @@ class Trainer:
         self.last_val: dict[str, Any] | None = None
         self.teacher_val: dict[str, Any] | None = None
         self.skipped = 0
+        self.bad_samples = 0
+        self.logger = logger
         self.elapsed_before = 0.0
         self.checkpoint_path: Path | None = None
         self.agreed_stop = False
@@ -294,6 +298,16 @@ class Trainer:
                 raise
             raise DiskFullError(exc.path, exc.kept, "free some space and continue the run with "
                                 "--resume auto", exc.reason) from None
+        except (DatasetError, RuntimeError) as exc:
+            # A worker's error, or its death (reported wherever the trainer happens to be).
+            fault = data_fault(exc, self.indexed_train)
+            if not isinstance(fault, DatasetError):
+                raise
+            last = (f"the last checkpoint, {self.checkpoint_path}, is intact: fix or remove the file "
+                    "and continue with --resume auto" if self.checkpoint_path is not None
+                    else "no checkpoint was written yet")
+            raise DatasetError(f"training stopped at step {self.position.step + 1}: {fault} ({last}; "
+                               "data.skip_bad_samples=true trains on the next sample instead)") from None
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
@@ -311,6 +325,9 @@ class Trainer:
                 self._validate(val_loader, logger)
             self._save(optimizer, schedule, scaler, start, export=True)
         seconds = self.elapsed_before + time.perf_counter() - start
+        if self.env.enabled:  # each rank counted what it read
+            self.bad_samples = round(mean_over_ranks({"n": float(self.bad_samples)}, self.env,
+                                                     self.device)["n"] * self.env.world_size)
         result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
                            self.checkpoint_path, self.best_weights, self.last_weights,
@@ -412,6 +429,11 @@ class Trainer:
             fetch = time.perf_counter()
             batch = next(batches)
             data_time += time.perf_counter() - fetch
+            skipped = [text for text in batch.get("skipped", ()) if text]
+            if skipped:
+                self.bad_samples += len(skipped)
+                self.logger.log("event", self.position.step + 1, event="bad_samples_skipped",
+                                count=len(skipped), errors=skipped, skipped_total=self.bad_samples)
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
             if self.config.train.channels_last:
@@ -527,6 +549,7 @@ class Trainer:
             "best": self.best,
             "teacher_val": _public(self.teacher_val) if self.teacher_val else None,
             "skipped_steps": self.skipped,
+            "bad_samples": self.bad_samples,
             "elapsed_seconds": self.elapsed_before + time.perf_counter() - start,
             "method": self.distiller.method_name,
             "student": getattr(self.distiller.student, "model_name", None),
@@ -552,6 +575,7 @@ class Trainer:
         self.best = checkpoint.get("best")
         self.teacher_val = checkpoint.get("teacher_val")
         self.skipped = int(checkpoint.get("skipped_steps", 0))
+        self.bad_samples = int(checkpoint.get("bad_samples", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.checkpoint_path = Path(path)
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
@@ -569,6 +593,7 @@ class Trainer:
             "total_steps": result.total_steps,
             "train_seconds": round(result.train_seconds, 3),
             "skipped_steps": result.skipped_steps,
+            "bad_samples_skipped": self.bad_samples,
             "best": result.best,
             "last_val": _public(result.last_val) if result.last_val else None,
             "teacher_val": _public(result.teacher_val) if result.teacher_val else None,

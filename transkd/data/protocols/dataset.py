@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from torch.utils.data import Dataset
 
-from ...errors import ConfigError
+from ...errors import ConfigError, DatasetError
 
 
 def _is_int(value) -> bool:
@@ -20,12 +20,13 @@ class TransformedDataset(Dataset):
     (with ``persistent_workers`` the workers keep the epoch they were started with).
     """
 
-    def __init__(self, dataset: Dataset, transform, seed: int = 0) -> None:
+    def __init__(self, dataset: Dataset, transform, seed: int = 0, skip_bad: bool = False) -> None:
         if not _is_int(seed) or seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
         self.dataset = dataset
         self.transform = transform
         self.seed = seed
+        self.skip_bad = skip_bad
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -44,6 +45,24 @@ class TransformedDataset(Dataset):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} samples")
-        sample = self.dataset[index]
-        image, label = self.transform(sample.image, sample.label, self.rng(index))
-        return {"image": image, "label": label, "name": sample.name, "index": index}
+        wanted, skipped = index, []
+        while True:
+            try:
+                sample = self.dataset[index]
+                break
+            except DatasetError as exc:
+                if not self.skip_bad:
+                    raise
+                # data.skip_bad_samples: the next readable sample takes its place (the same one
+                # every time, so a resumed run reads what the uninterrupted one read).
+                skipped.append(str(exc))
+                if len(skipped) == len(self):
+                    raise DatasetError(f"every sample is unreadable, the first: {skipped[0]}") from None
+                index = (index + 1) % len(self)
+        image, label = self.transform(sample.image, sample.label, self.rng(wanted))
+        return {"image": image, "label": label, "name": sample.name, "index": wanted,
+                "skipped": "\n".join(skipped)}
+
+    def describe(self, index: int) -> str:
+        describe = getattr(self.dataset, "describe", None)
+        return describe(index) if describe is not None else f"sample {index}"
