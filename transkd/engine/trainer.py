@@ -419,10 +419,13 @@ class Trainer:
         logger.log("event", self.position.step, event="data", **self.data_counts,
                    unlabelled_per_batch=self.unlabelled_per_batch,
                    labelled_only_terms={"task": ["ce"], **{k: list(v) for k, v in skipped.items()}})
-        if self.announce is not None and self.is_main:
+        if self.announce is not None and self.is_main and self.primary_labelled:
             terms = ["the task loss ce"] + [f"{name}'s {', '.join(t)}" for name, t in skipped.items()]
             self.announce(f"computed on labelled images only, skipped on unlabelled ones: "
                           f"{'; '.join(terms)}")
+        elif self.announce is not None and self.is_main:
+            self.announce("no labelled images: the task loss ce is 0 and every other term is "
+                          "computed on the unlabelled images")
 
     def _log_epoch_data(self, logger: MetricsLogger, epoch: int, batches: int) -> None:
         """How many labelled and unlabelled images epoch ``epoch`` used (over every process),
@@ -580,8 +583,8 @@ class Trainer:
     def _export(self, which: str) -> Path:
         meta = dict(self.metadata)
         meta.update(step=self.position.step, epoch=self.position.epoch)
-        if self.last_val is not None:
-            meta["val_miou"] = json_safe(self.last_val["miou"])
+        if self.last_val is not None:  # agreement_miou: measured against the teacher, not labels
+            meta["agreement_miou" if self.agreement else "val_miou"] = json_safe(self.last_val["miou"])
         adapters = self.distiller.methods if len(self.distiller.methods) else None
         return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
 
