@@ -107,6 +107,9 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     was_training = model.training
     model.eval()
+    reference_training = reference is not None and reference.training
+    if reference is not None:
+        reference.eval()
     predict = dict(mode=inference.mode, crop=inference.crop, stride=inference.stride,
                    scales=inference.scales, flip=inference.flip)
     total = len(loader) if hasattr(loader, "__len__") else 0
@@ -132,6 +135,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     finally:
         bar.close()
         model.train(was_training)
+        if reference is not None:
+            reference.train(reference_training)
     cm.all_reduce()
     result = cm.metrics()
     result["confusion"] = cm.mat.cpu()
