@@ -23,6 +23,7 @@ import yaml
 
 from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
+from .data.unlabelled import REST
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
 from .errors import ConfigError, UnknownOptionError
 from .inference import InferenceOptions
@@ -484,7 +485,7 @@ def _check_unlabelled(config: Config) -> None:
     no_dataset = data.name == NO_DATASET
     _require(not no_dataset or data.labelled_fraction == 1, "data.labelled_fraction",
              f"applies to a labelled dataset, and data.name is {NO_DATASET!r}")
-    if "rest" in entries:
+    if REST in entries:
         _require(not no_dataset and data.labelled_fraction < 1, "data.unlabelled",
                  "is 'rest' (the training images whose labels are left out), which needs a labelled "
                  "dataset and data.labelled_fraction below 1")
