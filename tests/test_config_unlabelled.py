@@ -28,6 +28,8 @@ TEACHER = ["teacher.weights=t.safetensors", "distill.method=transkd_base"]
     (["data.name=none", "data.unlabelled=photos", "data.labelled_fraction=0.5"],
      "config key 'data.labelled_fraction' applies to a labelled dataset"),
     (["distill.pseudo_label_threshold=0"], "config key 'distill.pseudo_label_threshold' must be in (0, 1]"),
+    (["distill.pseudo_label_threshold=0.5"],
+     "config key 'distill.pseudo_label_threshold' applies to unlabelled images"),
     (["distill.pseudo_label_weight=-1"], "config key 'distill.pseudo_label_weight' must be non-negative"),
 ])
 def test_bad_values_name_their_key(overrides, message):
@@ -43,4 +45,5 @@ def test_good_values_load():
     assert config.data.unlabelled_entries == ("rest", "photos") and config.data.has_labelled_train
     none = load_config(None, [*TEACHER, "data.name=none", "data.unlabelled=photos"])
     assert not none.data.has_labelled_train
-    assert load_config(None, ["data.unlabelled=photos"]).data.unlabelled_entries == ("photos",)
+    with pytest.raises(ConfigError, match="'data.unlabelled' needs a distillation method with a teacher"):
+        load_config(None, ["data.unlabelled=photos"])

@@ -489,12 +489,12 @@ def _check_unlabelled(config: Config) -> None:
         _require(not no_dataset and data.labelled_fraction < 1, "data.unlabelled",
                  "is 'rest' (the training images whose labels are left out), which needs a labelled "
                  "dataset and data.labelled_fraction below 1")
+    _require(not entries or needs_teacher(distill.method), "data.unlabelled",
+             f"needs a distillation method with a teacher (method {distill.method!r} learns from "
+             "labels alone, so unlabelled images would teach it nothing)")
     if not data.has_labelled_train:
         _require(bool(entries), "data.unlabelled", "must name images to train on: this run keeps no "
                  "label (data.name none or data.labelled_fraction 0)")
-        _require(needs_teacher(distill.method), "distill.method",
-                 f"must be a distillation method with a teacher to train without labels, got "
-                 f"{distill.method!r}")
         for cls in method_classes(distill.method):
             _require(not cls.label_terms, "distill.method",
                      f"includes {cls.name!r}, whose term(s) {', '.join(cls.label_terms)} need labels, "
@@ -504,6 +504,8 @@ def _check_unlabelled(config: Config) -> None:
              f"must be in (0, 1] or null, got {threshold}")
     _require(threshold is None or needs_teacher(distill.method), "distill.pseudo_label_threshold",
              f"needs a teacher, and method {distill.method!r} has none")
+    _require(threshold is None or bool(entries), "distill.pseudo_label_threshold",
+             "applies to unlabelled images, and data.unlabelled names none")
     _require(distill.pseudo_label_weight >= 0, "distill.pseudo_label_weight",
              f"must be non-negative, got {distill.pseudo_label_weight}")
 

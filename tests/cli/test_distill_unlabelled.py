@@ -107,7 +107,7 @@ def test_bad_unlabelled_input_is_one_sentence_and_leaves_nothing(tmp_path, capsy
         "unreadable_only": f"unlabelled image folder {folder} holds no readable image file",
         "ratio": "config key 'data.unlabelled_ratio' must be in (0, 64], got 100",
         "fraction": "config key 'data.labelled_fraction' must be in [0, 1], got -0.5",
-        "no_teacher_method": "config key 'distill.method' must be a distillation method with a teacher",
+        "no_teacher_method": "config key 'data.unlabelled' needs a distillation method with a teacher",
         "label_method": "config key 'distill.method' includes 'ifvd', whose term(s) ifvd need labels",
         "threshold": "config key 'distill.pseudo_label_threshold' must be in (0, 1] or null, got 1.5",
     }[case]
