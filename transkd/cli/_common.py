@@ -15,6 +15,7 @@ from ..config import Config, load_config
 from ..engine.distributed import cleanup_distributed
 from ..engine.interrupt import exit_code
 from ..engine.run import execute, plan_run, protocol_description
+from ..engine.trainer import AGREEMENT
 from ._options import config_overrides
 
 
@@ -77,7 +78,12 @@ def run_training(config: Config, resume: str | None, command: str, progress: boo
         cleanup_distributed(plan.env)
     if not main:
         return 0 if result.status == "completed" else exit_code(result.stopped_by)
-    where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
+    agreement = result.extra.get("validation") == AGREEMENT
+    if agreement:
+        count = min(config.data.agreement_images, len(plan.bundle.unlabelled.images))
+        where = context_line(protocol_description(config), f"{count} unlabelled images", "(no labels)")
+    else:
+        where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
     if result.teacher_val:
         say(f"teacher val mIoU {percent(result.teacher_val['miou'])}% "
             f"(pixel acc {percent(result.teacher_val['acc'])}%) — {where}")
@@ -89,9 +95,15 @@ def run_training(config: Config, resume: str | None, command: str, progress: boo
         return exit_code(result.stopped_by)
     best = result.best or {}
     last = result.last_val or {}
-    say(f"best val mIoU {percent(best.get('miou'))}% at step {best.get('step')} "
-        f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
-        f"pixel acc {percent(last.get('acc'))}% — {where}")
+    if agreement:
+        say(f"best agreement with teacher {percent(best.get('miou'))}% (mIoU of student vs teacher "
+            f"predictions) at step {best.get('step')} (epoch {best.get('epoch')}); last agreement "
+            f"with teacher {percent(last.get('miou'))}%, pixel agreement {percent(last.get('acc'))}% "
+            f"— {where}")
+    else:
+        say(f"best val mIoU {percent(best.get('miou'))}% at step {best.get('step')} "
+            f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
+            f"pixel acc {percent(last.get('acc'))}% — {where}")
     if result.skipped_steps:
         say(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
     say(f"trained {result.steps} steps in {result.train_seconds:.1f} s")

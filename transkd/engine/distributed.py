@@ -181,6 +181,43 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.per_rank - self.skip
 
 
+class StreamSampler(Sampler[tuple[int, int]]):
+    """A second data stream (unlabelled images) read alongside the epochs of the first.
+
+    The stream runs through its own seeded per-epoch shuffles (an :class:`EpochSampler`: sharded
+    over ranks, every rank the same count), one after another without end; ``set_window(start,
+    count)`` makes the next iterator yield ``count`` ``(epoch, index)`` pairs from position
+    ``start`` of this rank's stream. The trainer derives ``start`` from the labelled position
+    alone (batches consumed × images per batch), so a resumed run reads exactly the images the
+    uninterrupted one would have, with no extra state in the checkpoint.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.epochs = EpochSampler(length, seed, rank, world_size)
+        self.start = 0
+        self.count = 0
+
+    @property
+    def per_rank(self) -> int:
+        return self.epochs.per_rank
+
+    def set_window(self, start: int, count: int) -> None:
+        self.start, self.count = start, count
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_rank = self.epochs.per_rank
+        position, end = self.start, self.start + self.count
+        while position < end:
+            epoch, offset = divmod(position, per_rank)
+            self.epochs.set_epoch(epoch)
+            indices = self.epochs.indices()[offset:offset + end - position]
+            yield from ((epoch, i) for i in indices)
+            position += len(indices)
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class EpochIndexedDataset(Dataset):
     """Takes ``(epoch, index)`` keys and sets the wrapped dataset's epoch before reading, so the
     per-sample augmentation seed ``[seed, epoch, index]`` is right in every worker process.

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import NO_DATASET, Config
 from ..data.protocols import ProtocolOptions
 from ..distill import needs_teacher
 from ..errors import CheckpointError, ConfigError
@@ -42,6 +42,7 @@ from .checkpoint import LAST_NAME, resolve_resume, verify_resume
 from .distributed import DistEnv, barrier, elastic_restart, init_distributed
 from .lock import LOCK_NAME, RunLock, check_not_in_use
 from .trainer import RunResult, Trainer, seed_everything
+from .unlabelled import agreement_images, training_frame, transformed_unlabelled
 
 
 @dataclass
@@ -123,13 +124,17 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
     check_output_dir(run_dir, resuming=resume is not None)
     if config.model.init is not None and not Path(config.model.init).is_file():
         raise ConfigError(f"model.init {config.model.init} does not exist")
-    bundle = build.open_datasets(config)
+    teacher = None
+    if config.data.name == NO_DATASET:  # the classes are the teacher's
+        teacher = build.load_teacher(config, None)
+    bundle = build.open_datasets(config, teacher=teacher)
     build.check_batch_fits(config, bundle, env.world_size)
     if config.model.init is not None:  # a damaged or misfitting file fails before any output
         build.build_network(config, bundle.num_outputs)
     if resume_state is not None:
         _check_resume_fits(config, bundle.num_outputs, resume_path, resume_state)
-    teacher = build.load_teacher(config, bundle) if needs_teacher(config.distill.method) else None
+    if teacher is None and needs_teacher(config.distill.method):
+        teacher = build.load_teacher(config, bundle)
     return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device, resume_note)
 
 
@@ -282,11 +287,29 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bo
     if env.enabled:  # different dropout/drop-path draws per rank, same initial weights
         seed_everything(config.train.seed + env.rank)
     train_set, val_set = build.transformed(plan.bundle, config)
+    unlabelled = plan.bundle.unlabelled
+    unlabelled_set, counts = None, {}
+    if unlabelled is not None:
+        frame = training_frame(config, plan.bundle.train, unlabelled.images)
+        unlabelled_set = transformed_unlabelled(config, unlabelled.images, plan.bundle.num_classes,
+                                                frame)
+        counts = {"labelled_images": len(plan.bundle.train) if plan.bundle.train is not None else 0,
+                  "unlabelled_images": len(unlabelled.images),
+                  "unreadable_skipped": len(unlabelled.skipped)}
+        if announce is not None and env.is_main:
+            announce(unlabelled.describe())
+    agreement = val_set is None
+    if agreement:  # no labelled split: the student's agreement with the teacher
+        picked = agreement_images(config, unlabelled.images)
+        frame = None if (config.protocol.protocol().fixed_input_size() is not None
+                         or config.eval.batch_size == 1) else picked.size(0)
+        val_set = transformed_unlabelled(config, picked, plan.bundle.num_classes, frame, train=False)
     trainer = Trainer(config, distiller, train_set, val_set, num_classes=plan.bundle.num_classes,
                       run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
                       resume=plan.resume,
                       metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce,
-                      progress=progress, on_step=on_step)
+                      progress=progress, on_step=on_step, unlabelled_set=unlabelled_set,
+                      agreement=agreement, data_counts=counts)
     config.schedule.check_length(trainer.total_steps)
     if announce is not None and env.is_main:
         announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch))

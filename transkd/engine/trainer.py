@@ -51,6 +51,7 @@ from .distributed import (
     EpochIndexedDataset,
     EpochSampler,
     ShardSampler,
+    StreamSampler,
     any_true,
     mean_over_ranks,
     wrap_ddp,
@@ -59,6 +60,9 @@ from .evaluate import InferenceOptions, evaluate
 from .interrupt import StopRequest
 from .logging import MetricsLogger
 from .schedule import LRSchedule, ScheduleSpec
+
+#: What validation measures when no labelled split exists (the name used wherever it is shown).
+AGREEMENT = "agreement with teacher"
 
 
 class NonFiniteLossError(TranskdError):
@@ -140,6 +144,11 @@ class Trainer:
     """Runs one training job on an assembled Distiller and datasets.
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
+    ``unlabelled_set`` (an ``UnlabelledTransformedDataset``) adds ``data.unlabelled_ratio``
+    unlabelled images to every labelled batch, read as a second stream (:class:`StreamSampler`)
+    whose position follows from the labelled one; without ``train_set`` the unlabelled images are
+    the only stream. ``agreement``: ``val_set`` holds unlabelled images, and validation measures
+    the student's agreement with the teacher instead of accuracy against labels;
     ``metadata`` is written into the exported deployable network (dataset classes, palette,
     protocol) so the file alone is enough for prediction. ``progress`` turns the step bar (or,
     off a terminal, the progress lines) on or off; ``on_step`` is called after every step (the
@@ -151,8 +160,12 @@ class Trainer:
                  device: torch.device | str = "cpu", resume: Path | None = None,
                  metadata: dict[str, Any] | None = None,
                  announce: Callable[[str], None] | None = None, progress: bool = True,
-                 on_step: Callable[[], None] | None = None) -> None:
+                 on_step: Callable[[], None] | None = None, unlabelled_set=None,
+                 agreement: bool = False, data_counts: dict[str, int] | None = None) -> None:
         self.config = config
+        self.unlabelled_set = unlabelled_set
+        self.agreement = agreement
+        self.data_counts = data_counts or {}
         self.announce = announce
         self.progress = progress
         self.on_step = on_step
@@ -171,8 +184,18 @@ class Trainer:
         train = config.train
         self.batch_size = train.batch_size
         self.accum = train.grad_accum
-        self.sampler = EpochSampler(len(train_set), seed=train.seed, rank=self.env.rank,
+        #: Whether the epoch stream carries labels (else it is the unlabelled images alone).
+        self.primary_labelled = train_set is not None
+        primary = train_set if train_set is not None else unlabelled_set
+        self.primary_set = primary
+        self.sampler = EpochSampler(len(primary), seed=train.seed, rank=self.env.rank,
                                     world_size=self.env.world_size)
+        #: Unlabelled images beside each labelled batch (0: none, or they are the epoch stream).
+        self.unlabelled_per_batch = (round(self.batch_size * config.data.unlabelled_ratio)
+                                     if train_set is not None and unlabelled_set is not None else 0)
+        self.stream = (StreamSampler(len(unlabelled_set), seed=train.seed, rank=self.env.rank,
+                                     world_size=self.env.world_size)
+                       if self.unlabelled_per_batch else None)
         batches_per_epoch = self.sampler.per_rank // self.batch_size
         self.steps_per_epoch = batches_per_epoch // self.accum
         if self.steps_per_epoch < 1:
@@ -188,22 +211,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+    def _loaders(self) -> tuple[DataLoader, DataLoader, DataLoader | None]:
         workers = self.config.train.num_workers
         common: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda",
                                       persistent_workers=workers > 0)
         if workers > 0:
             common["prefetch_factor"] = 4
         seed = self.config.train.seed
-        self.indexed_train = EpochIndexedDataset(self.train_set)
+        self.indexed_train = EpochIndexedDataset(self.primary_set)
         train_loader = DataLoader(self.indexed_train, batch_size=self.batch_size,
                                   sampler=self.sampler, drop_last=True,
                                   generator=torch.Generator().manual_seed(seed), **common)
+        unlabelled_loader = None
+        if self.stream is not None:
+            unlabelled_loader = DataLoader(EpochIndexedDataset(self.unlabelled_set),
+                                           batch_size=self.unlabelled_per_batch, sampler=self.stream,
+                                           drop_last=True,
+                                           generator=torch.Generator().manual_seed(seed), **common)
         val_sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
         val_loader = DataLoader(self.val_set, batch_size=self.config.eval.batch_size,
                                 sampler=val_sampler, generator=torch.Generator().manual_seed(seed),
                                 **common)
-        return train_loader, val_loader
+        return train_loader, val_loader, unlabelled_loader
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
@@ -242,7 +271,7 @@ class Trainer:
         schedule = self._schedule(optimizer)
         scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         model = wrap_ddp(distiller, self.env, self.device, config.train.find_unused_parameters)
-        train_loader, val_loader = self._loaders()
+        train_loader, val_loader, self.unlabelled_loader = self._loaders()
         logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=config.train.tensorboard)
 
         try:
@@ -272,7 +301,8 @@ class Trainer:
             logger.log("event", self.position.step, event="resumed", checkpoint=str(self.resume),
                        epoch=self.position.epoch, batch=self.position.batch)
 
-        if (self.teacher_val is None and distiller.teacher is not None
+        self._log_data_plan(logger)
+        if (self.teacher_val is None and distiller.teacher is not None and not self.agreement
                 and config.distill.eval_teacher):
             self.teacher_val = self._evaluate(distiller.teacher_on_student_inputs(), val_loader)
             logger.log("teacher_val", self.position.step, **_public(self.teacher_val))
@@ -331,7 +361,8 @@ class Trainer:
         result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
                            self.checkpoint_path, self.best_weights, self.last_weights,
-                           stopped_by=self.stop.requested if status == "interrupted" else None)
+                           stopped_by=self.stop.requested if status == "interrupted" else None,
+                           extra={"validation": AGREEMENT if self.agreement else "labelled"})
         if self.is_main:
             self._write_summary(result)
         return result
@@ -346,9 +377,15 @@ class Trainer:
             self._check_stop()
             self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.batch_size)
             batches = iter(train_loader)
+            unlabelled = None
+            if self.stream is not None:
+                per = self.unlabelled_per_batch
+                self.stream.set_window((pos.epoch * per_epoch_batches + pos.batch) * per,
+                                       (per_epoch_batches - pos.batch) * per)
+                unlabelled = iter(self.unlabelled_loader)
             self._set_train_mode()
             while pos.batch < per_epoch_batches and pos.step < self.total_steps:
-                stats = self._train_step(model, optimizer, scaler, batches)
+                stats = self._train_step(model, optimizer, scaler, batches, unlabelled)
                 pos.step += 1
                 pos.batch += self.accum
                 self.rng_at_step = capture_rng_state()  # an interrupt later resumes from here
@@ -381,12 +418,45 @@ class Trainer:
                                          optimizer, schedule, scaler, start)
                 if pos.step < self.total_steps:
                     self._check_stop()
+            if pos.batch >= per_epoch_batches or pos.step >= self.total_steps:
+                self._log_epoch_data(logger, pos.epoch, pos.batch)
             if pos.batch >= per_epoch_batches:
                 pos.epoch += 1
                 pos.batch = 0
                 if self.by_epochs:
                     self._after_interval(pos.epoch, pos.step >= self.total_steps, val_loader,
                                          logger, optimizer, schedule, scaler, start)
+
+    def _log_data_plan(self, logger: MetricsLogger) -> None:
+        """Once per process start: how many images of each kind the run has, and which loss
+        terms see only the labelled ones."""
+        if self.unlabelled_set is None:
+            return
+        skipped = self.distiller.label_terms()
+        logger.log("event", self.position.step, event="data", **self.data_counts,
+                   unlabelled_per_batch=self.unlabelled_per_batch,
+                   labelled_only_terms={"task": ["ce"], **{k: list(v) for k, v in skipped.items()}})
+        if self.announce is not None and self.is_main and self.primary_labelled:
+            terms = ["the task loss ce"] + [f"{name}'s {', '.join(t)}" for name, t in skipped.items()]
+            self.announce(f"computed on labelled images only, skipped on unlabelled ones: "
+                          f"{'; '.join(terms)}")
+        elif self.announce is not None and self.is_main:
+            self.announce("no labelled images: the task loss ce is 0 and every other term is "
+                          "computed on the unlabelled images")
+
+    def _log_epoch_data(self, logger: MetricsLogger, epoch: int, batches: int) -> None:
+        """How many labelled and unlabelled images epoch ``epoch`` used (over every process),
+        from its position alone, so a resumed epoch counts the same as an uninterrupted one."""
+        if self.unlabelled_set is None:
+            return
+        drawn = batches * self.env.world_size
+        labelled = drawn * self.batch_size if self.primary_labelled else 0
+        unlabelled = drawn * (self.unlabelled_per_batch if self.primary_labelled else self.batch_size)
+        logger.log("data", self.position.step, epoch=epoch, labelled_images=labelled,
+                   unlabelled_images=unlabelled)
+        if self.announce is not None and self.is_main:
+            self.announce(f"epoch {epoch}: trained on {labelled} labelled and {unlabelled} "
+                          f"unlabelled images")
 
     def _check_stop(self) -> None:
         """Stop here (a step boundary) if Ctrl-C or SIGTERM arrived on any process."""
@@ -416,7 +486,7 @@ class Trainer:
             freeze_batchnorm(self.distiller.student)
             freeze_batchnorm(self.distiller.methods)
 
-    def _train_step(self, model, optimizer, scaler, batches) -> dict[str, float] | None:
+    def _train_step(self, model, optimizer, scaler, batches, unlabelled=None) -> dict[str, float] | None:
         """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
         device, accum = self.device, self.accum
         sums: dict[str, torch.Tensor] = {}
@@ -428,21 +498,33 @@ class Trainer:
         for micro in range(accum):
             fetch = time.perf_counter()
             batch = next(batches)
+            images, labels = batch["image"], batch["label"]
+            labelled = None
+            if unlabelled is not None:
+                extra = next(unlabelled)
+                labelled = torch.cat([torch.ones(len(images), dtype=torch.bool),
+                                      torch.zeros(len(extra["image"]), dtype=torch.bool)])
+                images = torch.cat([images, extra["image"]])
+                labels = torch.cat([labels, extra["label"]])
+            elif not self.primary_labelled:
+                labelled = torch.zeros(len(images), dtype=torch.bool)
             data_time += time.perf_counter() - fetch
             skipped = [text for text in batch.get("skipped", ()) if text]
             if skipped:
                 self.bad_samples += len(skipped)
                 self.logger.log("event", self.position.step + 1, event="bad_samples_skipped",
                                 count=len(skipped), errors=skipped, skipped_total=self.bad_samples)
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if labelled is not None:
+                labelled = labelled.to(device, non_blocking=True)
             if self.config.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = micro == accum - 1
             no_sync = model.no_sync() if (self.env.enabled and not sync) else contextlib.nullcontext()
             with no_sync:
                 with autocast:
-                    out = model(images, labels)
+                    out = model(images, labels, labelled)
                 terms = {k: v for k, v in out.items() if k != "logits"}
                 finite = bool(torch.isfinite(terms["loss"]).item())
                 if any_true(not finite, self.env, device):
@@ -478,7 +560,8 @@ class Trainer:
         stats = dict(zip(keys, values))
         stats["step_time"] = time.perf_counter() - step_start
         stats["data_time"] = data_time
-        stats["images_per_s"] = self.batch_size * accum * self.env.world_size / stats["step_time"]
+        per_batch = self.batch_size + self.unlabelled_per_batch
+        stats["images_per_s"] = per_batch * accum * self.env.world_size / stats["step_time"]
         return stats
 
     def _zero_backward(self, model) -> None:
@@ -489,9 +572,10 @@ class Trainer:
 
     def _evaluate(self, network: nn.Module, loader: DataLoader) -> dict[str, Any]:
         started = time.perf_counter()
+        reference = self.distiller.teacher_on_student_inputs() if self.agreement else None
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
                            inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
-                           progress=self.is_main and self.progress)
+                           progress=self.is_main and self.progress, reference=reference)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 
@@ -500,12 +584,17 @@ class Trainer:
         pos = self.position
         metrics.update(step=pos.step, epoch=pos.epoch)
         self.last_val = metrics
-        logger.log("val", pos.step, **_public(metrics))
+        logger.log("agreement" if self.agreement else "val", pos.step, **_public(metrics))
         if self.best is None or _better(metrics["miou"], self.best["miou"]):
             self.best = {k: metrics[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
             if self.is_main:
                 self.best_weights = self._export("best")
-        if self.announce is not None and self.is_main:
+        if self.announce is not None and self.is_main and self.agreement:
+            self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): agreement with "
+                          f"teacher {100 * metrics['miou']:.2f}% (mIoU of student vs teacher "
+                          f"predictions), pixel agreement {100 * metrics['acc']:.2f}% "
+                          f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
+        elif self.announce is not None and self.is_main:
             self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): val mIoU "
                           f"{100 * metrics['miou']:.2f}%, pixel acc {100 * metrics['acc']:.2f}% "
                           f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
@@ -516,8 +605,8 @@ class Trainer:
     def _export(self, which: str) -> Path:
         meta = dict(self.metadata)
         meta.update(step=self.position.step, epoch=self.position.epoch)
-        if self.last_val is not None:
-            meta["val_miou"] = json_safe(self.last_val["miou"])
+        if self.last_val is not None:  # agreement_miou: measured against the teacher, not labels
+            meta["agreement_miou" if self.agreement else "val_miou"] = json_safe(self.last_val["miou"])
         adapters = self.distiller.methods if len(self.distiller.methods) else None
         return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
 
@@ -589,6 +678,7 @@ class Trainer:
     def _write_summary(self, result: RunResult) -> None:
         summary = {
             "status": result.status,
+            "validation": result.extra.get("validation", "labelled"),
             "steps": result.steps,
             "total_steps": result.total_steps,
             "train_seconds": round(result.train_seconds, 3),

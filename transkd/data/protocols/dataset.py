@@ -1,11 +1,14 @@
-"""A dataset with a protocol's pipeline applied, with augmentation fixed by (seed, epoch, index)."""
+"""A dataset with a protocol's pipeline applied, with augmentation fixed by (seed, epoch, index);
+unlabelled images through the same pipeline, from their own random stream."""
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
 
 from ...errors import ConfigError, DatasetError
+from ..transforms import resize_image
 
 
 def _is_int(value) -> bool:
@@ -66,3 +69,47 @@ class TransformedDataset(Dataset):
     def describe(self, index: int) -> str:
         describe = getattr(self.dataset, "describe", None)
         return describe(index) if describe is not None else f"sample {index}"
+
+
+class UnlabelledTransformedDataset(Dataset):
+    """Unlabelled images through a training pipeline: the same photometric and geometric steps
+    as labelled samples, drawn from their own stream ``[seed, epoch, index, 1]``.
+
+    The pipeline is joint, so a stand-in label (all ``ignore_index``) goes through it beside the
+    image and gives the label's shape; the returned label is all ``ignore_index`` (whatever the
+    pipeline turned void into), so nothing downstream can mistake it for supervision. ``frame``
+    (height, width): resize every image to it first, for protocols whose training input size
+    depends on the image's size, so that images of any size batch with the labelled ones.
+    """
+
+    def __init__(self, images, transform, seed: int = 0, ignore_index: int = 255,
+                 frame: tuple[int, int] | None = None) -> None:
+        if not _is_int(seed) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.images = images
+        self.transform = transform
+        self.seed = seed
+        self.ignore_index = ignore_index
+        self.frame = tuple(frame) if frame is not None else None
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch, index, 1])
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} unlabelled images")
+        image = self.images.image(index)
+        if self.frame is not None and image.shape[:2] != self.frame:
+            image = resize_image(image, self.frame)
+        stand_in = np.full(image.shape[:2], self.ignore_index, dtype=np.uint8)
+        image, label = self.transform(image, stand_in, self.rng(index))
+        return {"image": image, "label": torch.full_like(label, self.ignore_index), "index": index}
