@@ -14,6 +14,12 @@ accepts — odd sizes included; MiT/PVTv2 need both sides ≥ 29 px (the stage-1
 is an 8×8 conv on the 1/4 grid). Before the file appears, onnxruntime runs it on random inputs of
 sizes other than the export size and compares it with PyTorch; a difference above the tolerance
 means no file is written.
+
+``precision`` other than fp32 (:mod:`transkd.deploy.quantize`: fp16, int8-dynamic, int8-static)
+exports and checks the fp32 graph first, then writes the lowered copy; the lowered graph is run
+on the same inputs and its difference from PyTorch and its arg-max agreement are reported, not
+held to the tolerance (quantisation error is expected; its accuracy is measured with
+``transkd eval`` on the ``.onnx`` file).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import importlib.util
 import json
 import logging
 import math
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -39,7 +46,9 @@ from ..inference import is_size
 from ..jsonsafe import json_safe
 from ..progress import Progress
 from ..weights.io import atomic_write, save_model
+from ..models.onnx_graph import onnx_session
 from . import Student
+from .quantize import QuantizeOptions, lower_precision
 
 EXPORTERS = ("dynamo", "torchscript")
 FORMATS = ("onnx", "safetensors")
@@ -61,6 +70,7 @@ class ParityCheck:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     max_abs_diff: float
+    argmax_agreement: float = 1.0  # share of output positions whose arg-max class matches PyTorch
 
 
 @dataclass
@@ -74,6 +84,9 @@ class ExportResult:
     tolerance: float | None = None
     checks: list[ParityCheck] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str = "fp32"
+    lowering: dict[str, Any] = field(default_factory=dict)
+    lowered_checks: list[ParityCheck] = field(default_factory=list)
 
     @property
     def max_abs_diff(self) -> float:
@@ -92,7 +105,8 @@ def default_check_sizes(height: int, width: int) -> list[tuple[int, int, int]]:
 def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int] = (512, 1024),
                 opset: int | None = None, exporter: str = "dynamo",
                 check_sizes: Sequence[Sequence[int]] | None = None, tolerance: float | None = 1e-4,
-                metadata: dict[str, Any] | None = None, progress: bool = False) -> ExportResult:
+                metadata: dict[str, Any] | None = None, progress: bool = False,
+                quantize: QuantizeOptions | None = None, calibration: Any = None) -> ExportResult:
     """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime.
 
     ``check_sizes`` are (batch, height, width) inputs (default :func:`default_check_sizes`);
@@ -100,7 +114,15 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     (JSON-encoded values) so the file carries classes, palette and normalisation along.
     ``progress``: a bar over the steps (graph export, then each parity check) on a terminal, a
     line per step in a log; the graph export is one opaque call, so the bar moves in steps.
+    ``quantize``: the precision to write (default fp32); ``calibration``: images for int8-static
+    (an iterable of float32 (1, 3, H, W) arrays or tensors, or a callable returning one, called
+    only after the fp32 graph passed its check).
     """
+    quantize = (quantize or QuantizeOptions()).validate()
+    lowered = quantize.precision != "fp32"
+    if quantize.precision == "int8-static" and calibration is None:
+        raise ConfigError("--precision int8-static needs calibration images: give --calibration-data "
+                          "ROOT (the dataset the network was trained on)")
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance >= 0):
@@ -112,15 +134,16 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     height, width = (int(v) for v in input_size)
     sizes = [tuple(int(v) for v in s) for s in (check_sizes or default_check_sizes(height, width))]
     model.eval()
-    result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance)
+    result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance,
+                          precision=quantize.precision)
     start = time.perf_counter()
-    bar = Progress(1 + (len(sizes) if tolerance is not None else 0), description="export", unit="step",
-                   enabled=progress, interval=1)
+    steps = 1 + (len(sizes) if tolerance is not None else 0) + (1 + len(sizes) if lowered else 0)
+    bar = Progress(steps, description="export", unit="step", enabled=progress, interval=1)
 
-    def write(tmp: str) -> None:
+    def write_fp32(tmp: str) -> None:
         _export_graph(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
                       tmp, exporter, opset)
-        result.opset = _finish_onnx(tmp, model, metadata)
+        result.opset = _finish_onnx(tmp, model, {**(metadata or {}), "precision": "fp32"})
         bar.update(1, done="graph")
         if tolerance is None:
             return
@@ -131,6 +154,21 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
                 f"the ONNX graph differs from PyTorch by up to {worst.max_abs_diff:.3g} (input "
                 f"{'x'.join(map(str, worst.input_shape))}), above the tolerance {tolerance:g}; "
                 f"nothing was written to {path}")
+
+    def write(tmp: str) -> None:
+        if not lowered:
+            write_fp32(tmp)
+            return
+        with tempfile.TemporaryDirectory(prefix="transkd-export-") as folder:
+            fp32 = str(Path(folder) / "fp32.onnx")
+            write_fp32(fp32)
+            images = calibration() if callable(calibration) else calibration
+            result.lowering = lower_precision(fp32, tmp, quantize, images, input_name=INPUT_NAME)
+        _finish_onnx(tmp, model, {**(metadata or {}), **result.lowering,
+                                  "precision": quantize.precision})
+        bar.update(1, done=quantize.precision)
+        result.lowered_checks = check_parity(model, tmp, sizes,
+                                             on_check=lambda: bar.update(1, done="parity"))
 
     try:
         atomic_write(path, write)
@@ -230,19 +268,6 @@ def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -
     return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session; ``threads`` fixes the intra-op thread count."""
-    import onnxruntime as ort  # deferred: an optional dependency (the onnx extra)
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int]],
                  seed: int = 0, on_check: Callable[[], None] | None = None) -> list[ParityCheck]:
     """Max |onnxruntime − PyTorch| of the logits on random inputs of each (batch, height, width);
@@ -264,8 +289,9 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequen
             raise ExportError(f"the ONNX graph gives logits of shape {actual.shape} for input "
                               f"{batch}x3x{height}x{width}, PyTorch {expected.shape}")
         diff = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
+        agreement = float((actual.argmax(axis=1) == expected.argmax(axis=1)).mean()) if actual.size else 1.0
         checks.append(ParityCheck((batch, 3, height, width), tuple(actual.shape),
-                                  diff if math.isfinite(diff) else math.inf))
+                                  diff if math.isfinite(diff) else math.inf, agreement))
         if on_check is not None:
             on_check()
     return checks
@@ -343,10 +369,18 @@ def export_model(model: str | Path, output: str | Path, *, last: bool = False,
     was loaded before the (long) export starts; ``progress=True`` (an ONNX option) shows its steps."""
     if check_sizes and any(v < 1 for triple in check_sizes for v in triple):
         raise ConfigError("--check-size takes three positive integers (batch height width)")
+    quantize = onnx_options.get("quantize")
+    onnx_output = (format or ("safetensors" if str(output).lower().endswith(".safetensors") else "onnx")) == "onnx"
+    if quantize is not None and quantize.validate().precision != "fp32" and not onnx_output:
+        raise ConfigError(f"--precision {quantize.precision} applies to ONNX output only; give an .onnx "
+                          "output or --format onnx")
+    if quantize is not None and quantize.precision == "int8-static" and onnx_options.get("calibration") is None:
+        raise ConfigError("--precision int8-static needs calibration images: give --calibration-data "
+                          "ROOT (the dataset the network was trained on)")
     student = Student.load(model, last=last)
     if announce is not None:
         announce(f"student: {student.describe()}")
-    if (format or ("safetensors" if str(output).lower().endswith(".safetensors") else "onnx")) != "onnx":
+    if not onnx_output:
         return export_student(student, output, format=format)
     size, why = export_input_size(student.metadata, input_size)
     if announce is not None:
