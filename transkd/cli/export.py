@@ -79,8 +79,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    quantize = QuantizeOptions(args.precision, ops=parse_ops(args.quantize_ops), per_channel=not args.per_tensor,
-                               quant_format=args.quant_format, activation_type=args.activation_type,
+    quantize = QuantizeOptions(args.precision, ops=parse_ops(args.quantize_ops),
+                               per_channel=not args.per_tensor, quant_format=args.quant_format,
+                               activation_type=args.activation_type,
                                reduce_range=args.reduce_range).validate()
     calibration = None
     if args.calibration_data is not None:

@@ -29,10 +29,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import create_model, list_models
+from ..models.onnx_graph import onnx_session
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
 from ..progress import Progress
 from . import Student
-from ..models.onnx_graph import onnx_session
 from .export import export_onnx
 
 BACKENDS = ("eager", "compile", "onnxruntime")
@@ -65,6 +65,49 @@ def time_runs(run: Callable[[], Any], warmup: int, repeats: int,
         if tick is not None:
             tick()
     return timings
+
+
+def time_interleaved(runs: dict[str, Callable[[], Any]], warmup: int, repeats: int,
+                     tick: Callable[[], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds (``time.process_time``: this process, every thread) of each run,
+    ``repeats`` rounds of one call per run in turn after ``warmup`` such rounds, so a change in
+    machine load hits every run alike. CPU time does not count the time other processes hold the
+    cores, which makes a one-thread comparison on a busy machine steadier than wall time."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+            if tick is not None:
+                tick()
+    timings: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            run()
+            timings[name]["wall"].append(time.perf_counter() - wall)
+            timings[name]["cpu"].append(time.process_time() - cpu)
+            if tick is not None:
+                tick()
+    return timings
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name and the instruction sets that decide which integer and float kernels
+    onnxruntime and PyTorch use (VNNI, AMX, AVX-512, ARM dot products), from ``/proc/cpuinfo``."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and value.strip():
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                   "amx_bf16", "asimddp", "i8mm", "sve")
+    return {"model": name, "cpus": os.cpu_count(), "isa": [f for f in interesting if f in flags]}
 
 
 @contextlib.contextmanager

@@ -44,9 +44,9 @@ from torch import nn
 from ..errors import ConfigError, TranskdError
 from ..inference import is_size
 from ..jsonsafe import json_safe
+from ..models.onnx_graph import onnx_session
 from ..progress import Progress
 from ..weights.io import atomic_write, save_model
-from ..models.onnx_graph import onnx_session
 from . import Student
 from .quantize import QuantizeOptions, lower_precision
 
@@ -370,11 +370,13 @@ def export_model(model: str | Path, output: str | Path, *, last: bool = False,
     if check_sizes and any(v < 1 for triple in check_sizes for v in triple):
         raise ConfigError("--check-size takes three positive integers (batch height width)")
     quantize = onnx_options.get("quantize")
-    onnx_output = (format or ("safetensors" if str(output).lower().endswith(".safetensors") else "onnx")) == "onnx"
+    suffix_format = "safetensors" if str(output).lower().endswith(".safetensors") else "onnx"
+    onnx_output = (format or suffix_format) == "onnx"
     if quantize is not None and quantize.validate().precision != "fp32" and not onnx_output:
         raise ConfigError(f"--precision {quantize.precision} applies to ONNX output only; give an .onnx "
                           "output or --format onnx")
-    if quantize is not None and quantize.precision == "int8-static" and onnx_options.get("calibration") is None:
+    static = quantize is not None and quantize.precision == "int8-static"
+    if static and onnx_options.get("calibration") is None:
         raise ConfigError("--precision int8-static needs calibration images: give --calibration-data "
                           "ROOT (the dataset the network was trained on)")
     student = Student.load(model, last=last)

@@ -81,13 +81,16 @@ class QuantizeOptions:
                                   f"by onnxruntime; known types: {', '.join(sorted(known))}")
         return self
 
+    def default_ops(self) -> tuple[str, ...]:
+        return DEFAULT_STATIC_OPS if self.precision == "int8-static" else DEFAULT_DYNAMIC_OPS
+
     def describe(self) -> dict[str, Any]:
         """What the graph's metadata and every table record about the lowering."""
         if self.precision == "fp32":
             return {"precision": "fp32"}
         if self.precision == "fp16":
             return {"precision": "fp16", "io": "float32"}
-        ops = list(self.ops or (DEFAULT_STATIC_OPS if self.precision == "int8-static" else DEFAULT_DYNAMIC_OPS))
+        ops = list(self.ops or self.default_ops())
         described = {"precision": self.precision, "quantized_ops": ops, "weights": "int8",
                      "per_channel": self.per_channel, "reduce_range": self.reduce_range}
         if self.precision == "int8-static":
@@ -157,8 +160,7 @@ def lower_precision(fp32_path: str | Path, out_path: str | Path, options: Quanti
         quantize_static,
     )
 
-    ops = list(options.ops or (DEFAULT_STATIC_OPS if options.precision == "int8-static"
-                               else DEFAULT_DYNAMIC_OPS))
+    ops = list(options.ops or options.default_ops())
     with tempfile.TemporaryDirectory(prefix="transkd-quant-") as tmp, _quiet():
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)

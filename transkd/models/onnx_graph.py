@@ -73,7 +73,8 @@ def onnx_metadata(path: str | os.PathLike) -> dict[str, Any]:
     try:
         import onnx  # deferred: an optional dependency (the onnx extra)
     except ImportError:
-        raise ConfigError("reading an ONNX file needs the onnx package: pip install 'transkd[onnx]'") from None
+        raise ConfigError("reading an ONNX file needs the onnx package: "
+                          "pip install 'transkd[onnx]'") from None
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ONNX file {path} does not exist")
