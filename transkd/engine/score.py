@@ -21,6 +21,8 @@ from typing import Any
 import torch
 
 from ..config import Config, load_config, read_yaml
+from ..data import build_dataset
+from ..data.protocols import TransformedDataset, build_transform
 from ..errors import ConfigError
 from ..inference import InferenceOptions
 from ..jsonsafe import json_safe
@@ -125,9 +127,15 @@ def evaluation_images(target: str | os.PathLike, count: int, config_file: str | 
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ConfigError(f"--calibration-images must be a positive integer, got {count!r}")
     weights, config, _ = _network_and_config(target, config_file, overrides, last, load=False)
-    split = split or config.data.train_split
-    bundle = build.open_datasets(config, train=False, val_split=split)
-    _, images = build.transformed(bundle, config)
+    data = config.data
+    split = split or data.train_split
+    options = data.options if split == data.train_split else {**data.options, **data.val_options}
+    dataset = build_dataset(data.name, data.root, split=split, **options)
+    if len(dataset) == 0:
+        raise ConfigError(f"split {split!r} of dataset {data.name!r} holds no images to calibrate on")
+    dataset.validate()
+    images = TransformedDataset(dataset, build_transform(config.protocol, train=False,
+                                                         num_classes=dataset.num_classes), config.train.seed)
     total = len(images)
     picks = sorted({int(i * total / min(count, total)) for i in range(min(count, total))})
     return [images[i]["image"].unsqueeze(0).float() for i in picks]
