@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..deploy.export import EXPORTERS, FORMATS, export_model
+from ..deploy.export import ATTENTIONS, EXPORTERS, FORMATS, export_model
 from ..deploy.quantize import (
     ACTIVATION_TYPES,
     DEFAULT_CALIBRATION_IMAGES,
@@ -46,6 +46,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "1 x (H+32) x (W+32) and 2 x (H/2+1) x (W/2+3))")
     parser.add_argument("--exporter", choices=EXPORTERS, default="dynamo",
                         help="torch.export-based (default) or the legacy, faster, deprecated tracer")
+    parser.add_argument("--attention", choices=ATTENTIONS, default="standard",
+                        help="standard (ONNX MatMul/Softmax, any runtime) or fused (onnxruntime's "
+                             "MultiHeadAttention kernel; needs --exporter torchscript)")
     quant = parser.add_argument_group("precision (ONNX only)")
     quant.add_argument("--precision", choices=PRECISIONS, default="fp32",
                        help="fp32 (default); fp16 (float16 weights and activations, float32 input and "
@@ -91,7 +94,8 @@ def run(args: argparse.Namespace) -> int:
     result = export_model(args.model, args.output, last=args.last, format=args.format,
                           input_size=args.input_size, check_sizes=args.check_size, opset=args.opset,
                           exporter=args.exporter, tolerance=args.tolerance, announce=say,
-                          progress=not args.no_progress, quantize=quantize, calibration=calibration)
+                          progress=not args.no_progress, quantize=quantize, calibration=calibration,
+                          attention=args.attention)
     if result.format == "safetensors":
         say(f"wrote {result.path} (safetensors, weights + metadata)")
         return 0

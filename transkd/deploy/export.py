@@ -31,6 +31,7 @@ import logging
 import math
 import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from torch import nn
 from ..errors import ConfigError, TranskdError
 from ..inference import is_size
 from ..jsonsafe import json_safe
+from ..models.layers import EfficientSelfAttention, grid_to_tokens, tokens_to_grid
 from ..models.onnx_graph import onnx_session
 from ..progress import Progress
 from ..weights.io import atomic_write, save_model
@@ -51,6 +53,8 @@ from . import Student
 from .quantize import QuantizeOptions, lower_precision
 
 EXPORTERS = ("dynamo", "torchscript")
+#: "standard": attention as ONNX MatMul/Softmax; "fused": onnxruntime's MultiHeadAttention kernel.
+ATTENTIONS = ("standard", "fused")
 FORMATS = ("onnx", "safetensors")
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 #: The legacy exporter's opset when none is asked for (the dynamo exporter picks its own).
@@ -106,7 +110,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
                 opset: int | None = None, exporter: str = "dynamo",
                 check_sizes: Sequence[Sequence[int]] | None = None, tolerance: float | None = 1e-4,
                 metadata: dict[str, Any] | None = None, progress: bool = False,
-                quantize: QuantizeOptions | None = None, calibration: Any = None) -> ExportResult:
+                quantize: QuantizeOptions | None = None, calibration: Any = None,
+                attention: str = "standard") -> ExportResult:
     """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime.
 
     ``check_sizes`` are (batch, height, width) inputs (default :func:`default_check_sizes`);
@@ -118,6 +123,11 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     (an iterable of float32 (1, 3, H, W) arrays or tensors, or a callable returning one, called
     only after the fp32 graph passed its check).
     """
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if attention == "fused" and exporter != "torchscript":
+        raise ConfigError("--attention fused needs --exporter torchscript (the fused onnxruntime "
+                          "operator is written by the legacy exporter's symbolic functions)")
     quantize = (quantize or QuantizeOptions()).validate()
     lowered = quantize.precision != "fp32"
     if quantize.precision == "int8-static" and calibration is None:
@@ -141,9 +151,11 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     bar = Progress(steps, description="export", unit="step", enabled=progress, interval=1)
 
     def write_fp32(tmp: str) -> None:
-        _export_graph(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
-                      tmp, exporter, opset)
-        result.opset = _finish_onnx(tmp, model, {**(metadata or {}), "precision": "fp32"})
+        sample = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with fused_attention(model) if attention == "fused" else contextlib.nullcontext():
+            _export_graph(model, sample, tmp, exporter, opset)
+        result.opset = _finish_onnx(tmp, model, {**(metadata or {}), "precision": "fp32",
+                                                 "attention": attention})
         bar.update(1, done="graph")
         if tolerance is None:
             return
@@ -193,6 +205,51 @@ def _output_file(path: str | Path) -> Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: {path.parent} is a file, not a folder")
     return path
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """SDPA over (batch, tokens, channels) query/key/value, exported as onnxruntime's fused
+    ``com.microsoft::MultiHeadAttention`` (one kernel instead of MatMul, Softmax, MatMul with the
+    attention matrix in memory). PyTorch computes the same thing while the graph is traced."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_heads: int, scale: float):  # noqa: ARG004 (autograd signature)
+        batch, tokens, channels = q.shape
+        head = channels // num_heads
+
+        def heads(t):
+            return t.reshape(batch, -1, num_heads, head).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)
+        return out.transpose(1, 2).reshape(batch, tokens, channels)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int, scale: float):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads, scale_f=scale)
+        out.setType(q.type())
+        return out
+
+
+def _fused_attention_forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    q = self.q(x)
+    if self.sr_ratio > 1:
+        x = self.norm(grid_to_tokens(self.sr(tokens_to_grid(x, height, width))))
+    k, v = self.kv(x).chunk(2, dim=-1)  # kv's channels are [key heads | value heads]
+    return self.proj_drop(self.proj(_MultiHeadAttention.apply(q, k, v, self.num_heads, self.scale)))
+
+
+@contextlib.contextmanager
+def fused_attention(model: nn.Module) -> Iterator[int]:
+    """While active, every efficient self-attention of ``model`` (MiT, PVTv2) traces as one
+    ``com.microsoft::MultiHeadAttention`` node (legacy exporter only); yields how many."""
+    patched = [m for m in model.modules() if isinstance(m, EfficientSelfAttention)]
+    for module in patched:
+        module.forward = types.MethodType(_fused_attention_forward, module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
 
 
 @contextlib.contextmanager
