@@ -157,10 +157,9 @@ def fp32_study(student: Student, folder: Path, args) -> dict:
     for level in ("basic", "extended", "all"):
         graphs[f"standard/{level}"], levels[f"standard/{level}"] = standard, level
     graphs["fused-attention/all"], levels["fused-attention/all"] = fused, "all"
-    if args.exporter == "dynamo":
-        dynamo = folder / "fp32-dynamo.onnx"
-        export_student(student, dynamo, input_size=size, exporter="dynamo", check_sizes=[(1, *size)])
-        graphs["dynamo/all"], levels["dynamo/all"] = dynamo, "all"
+    dynamo = folder / "fp32-dynamo.onnx"
+    export_student(student, dynamo, input_size=size, exporter="dynamo", check_sizes=[(1, *size)])
+    graphs["dynamo/all"], levels["dynamo/all"] = dynamo, "all"
     table = sessions_table(graphs, args.study_threads, size, args.repeats, args.warmup,
                            peak_size=args.peak_size, optimization=levels)
     images = np.random.default_rng(0).standard_normal((1, 3, *size), dtype=np.float32)
