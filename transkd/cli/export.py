@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ..deploy.export import ATTENTIONS, EXPORTERS, FORMATS, export_model
 from ..deploy.quantize import (
@@ -56,8 +57,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                             "quantised per call); int8-static (int8 weights and activations calibrated "
                             "on --calibration-data)")
     quant.add_argument("--calibration-data", metavar="ROOT",
-                       help="int8-static: root of the dataset the student was trained on; images of its "
-                            "training split go through the student's evaluation transforms")
+                       help="int8-static: root of the dataset the student was trained on (default for a "
+                            "run folder: its config's); images of its training split go through the "
+                            "student's evaluation transforms")
     quant.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                        help=f"int8-static: calibration images, spread over the split (default "
                             f"{DEFAULT_CALIBRATION_IMAGES})")
@@ -87,8 +89,9 @@ def run(args: argparse.Namespace) -> int:
                                activation_type=args.activation_type,
                                reduce_range=args.reduce_range).validate()
     calibration = None
-    if args.calibration_data is not None:
-        root = [f"data.root={yaml_string(args.calibration_data)}"]
+    run_config = Path(args.model) / "config.yaml"  # a run folder names its dataset and root
+    if args.calibration_data is not None or (args.precision == "int8-static" and run_config.is_file()):
+        root = [] if args.calibration_data is None else [f"data.root={yaml_string(args.calibration_data)}"]
         calibration = lambda: evaluation_images(args.model, args.calibration_images,  # noqa: E731
                                                 overrides=root, split=args.calibration_split, last=args.last)
     result = export_model(args.model, args.output, last=args.last, format=args.format,
