@@ -90,13 +90,9 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
             raise ConfigError(f"{name} must be an integer of at least {low}, got {value!r}")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"--threads must be a positive integer, got {threads!r}")
-    needs_data = accuracy or "ort-int8-static" in variants
     run_config = Path(model) / "config.yaml"  # a run folder names its dataset, root and pipeline
     if config_file is None and run_config.is_file():
         config_file = run_config
-    if needs_data and data_root is None and config_file is None:
-        raise ConfigError("--data ROOT is needed to measure accuracy and to calibrate int8-static "
-                          "(the dataset the student was trained on)")
     weights = model_file(model, last)
     student = Student.load(weights)
     size, why = export_input_size(student.metadata, input_size)
