@@ -166,3 +166,15 @@ def test_tradeoff_scores_times_and_plots_each_variant(student, tmp_path):
     written = write_tradeoff(result, tmp_path / "out")
     assert sorted(written) == ["tradeoff.json", "tradeoff.md", "tradeoff.png"]
     assert json.loads(written["tradeoff.json"].read_text())["rows"][0]["variant"] == "eager"
+
+
+def test_fused_attention_is_one_onnxruntime_kernel_per_attention_and_matches(student, tmp_path):
+    path = tmp_path / "fused.onnx"
+    result = export_model(student, path, attention="fused", **EXPORT)  # parity checked at 1e-4
+    assert result.max_abs_diff < 1e-4
+    heads = [node for node in onnx.load(str(path)).graph.node if node.op_type == "MultiHeadAttention"]
+    assert len(heads) == 8 and {n.domain for n in heads} == {"com.microsoft"}  # MiT-B0: 2+2+2+2 blocks
+    assert not op_types(path)["Softmax"]
+    with pytest.raises(ConfigError, match="--attention fused needs --exporter torchscript"):
+        export_model(student, tmp_path / "other.onnx", attention="fused",
+                     **{**EXPORT, "exporter": "dynamo"})
