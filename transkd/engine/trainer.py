@@ -593,7 +593,9 @@ class Trainer:
         elif self.selection.mode == LAST and self.is_main:
             self.best_weights = self._export("best")  # best/ is the reported network: the last
         for which, metrics in (("last", last), ("best", chosen)):
-            logger.log("val", pos.step, checkpoint=which, reported=True, **_public(metrics))
+            fields = {k: v for k, v in _public(metrics).items() if k not in ("step", "epoch")}
+            logger.log("val", pos.step, checkpoint=which, checkpoint_step=metrics["step"],
+                       reported=True, **fields)
             if chosen is last:
                 break
         self.reported = {k: chosen[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
