@@ -62,7 +62,6 @@ from .interrupt import StopRequest
 from .logging import MetricsLogger
 from .schedule import LRSchedule, ScheduleSpec
 
-
 #: Folder of a run holding the reported checkpoint's per-image confusion matrices.
 PER_IMAGE_DIR = "evaluation"
 

@@ -21,7 +21,7 @@ from .. import __version__
 from ..engine.run import protocol_description
 from ..engine.visualize import save_predictions
 from ..errors import ConfigError, TranskdError
-from ..profile import MACS_CONVENTION
+from ..profile import MACS_CONVENTION, TRAINING_MACS_CONVENTION
 from ..weights.io import load_model
 from . import plots
 from .document import (
@@ -54,6 +54,7 @@ from .runs import (
     size_text,
     slug,
 )
+from .seeds import group_runs, seeds_section
 
 MARKDOWN_NAME, HTML_NAME, FIGURES_NAME = "REPORT.md", "report.html", "figures"
 
@@ -74,6 +75,7 @@ class _Columns:
     gap: bool
     training: bool
     estimated_time: bool
+    compute: bool = False
 
 
 def comparison_section(runs: Sequence[Run]) -> list[Block]:
@@ -82,14 +84,17 @@ def comparison_section(runs: Sequence[Run]) -> list[Block]:
                        macs_input=_common(_macs_input(r) for r in runs),
                        gap=any(g.share is not None for g in gaps.values()),
                        training=any(r.adapter_params for r in runs),
-                       estimated_time=any(r.wall_seconds[1] for r in runs))
-    header = ["run", "role", "network", "best val mIoU (%)", "at step (epoch)"]
+                       estimated_time=any(r.wall_seconds[1] for r in runs),
+                       compute=any(r.compute for r in runs))
+    header = ["run", "role", "network", "best val mIoU (%)", "at step (epoch)", "checkpoint reported"]
     header += ["gap closed (%)"] if columns.gap else []
     header += ["params (M)"] + (["training params (M)"] if columns.training else [])
     header += ["GMACs"] + ([] if columns.macs_input else ["MACs input"]) + ["wall time (s)"]
+    header += ["s / step", "training TMACs"] if columns.compute else []
     header += [] if columns.evaluation else ["evaluation"]
     rows = [_comparison_row(run, gaps.get(run.name), columns) for run in runs]
-    numeric = {i for i, h in enumerate(header) if h.endswith(("(%)", "(M)", "(s)")) or h == "GMACs"}
+    numeric = {i for i, h in enumerate(header)
+               if h.endswith(("(%)", "(M)", "(s)")) or h in ("GMACs", "s / step", "training TMACs")}
     blocks: list[Block] = [Heading("Comparison" if len(runs) > 1 else "Summary"),
                            Paragraph(_comparison_notes(columns)), Table(header, rows, numeric)]
     if gaps:
@@ -108,7 +113,7 @@ def _macs_input(run: Run) -> str:
 def _comparison_row(run: Run, gap: Gap | None, columns: _Columns) -> list[str]:
     best = run.best or {}
     row = [run.name, run.role, run.network, percent(run.best_miou),
-           f"{best['step']} ({best.get('epoch')})" if "step" in best else "n/a"]
+           f"{best['step']} ({best.get('epoch')})" if "step" in best else "n/a", run.selection_label]
     if columns.gap:
         row.append("—" if gap is None else "n/a" if gap.share is None else f"{100 * gap.share:.1f}")
     row.append(millions(run.params))
@@ -119,6 +124,10 @@ def _comparison_row(run: Run, gap: Gap | None, columns: _Columns) -> list[str]:
     if not columns.macs_input:
         row.append(_macs_input(run))
     row.append(_wall_time(*run.wall_seconds))
+    if columns.compute:
+        per_step, macs = run.compute.get("seconds_per_step"), run.compute.get("train_macs")
+        row += [f"{per_step:.3f}" if isinstance(per_step, (int, float)) else "n/a",
+                f"{macs / 1e12:.3f}" if isinstance(macs, (int, float)) else "n/a"]
     if not columns.evaluation:
         row.append(run.evaluation)
     return row
@@ -132,11 +141,20 @@ def _wall_time(seconds: float | None, estimated: bool) -> str:
 
 def _comparison_notes(columns: _Columns) -> str:
     """The labels of every number in the comparison table."""
-    if columns.evaluation:
-        notes = [f"mIoU: best validation mIoU in percent on {columns.evaluation}."]
+    if columns.compute:
+        notes_compute = ("s / step: seconds of the optimiser steps alone (forward, backward, update), "
+                         "averaged; training TMACs: 10¹² multiply-accumulates of the run, " +
+                         TRAINING_MACS_CONVENTION + ".")
     else:
-        notes = ["mIoU: best validation mIoU in percent; each run's evaluation (split, protocol, "
-                 "input size, metric resolution) is in its row."]
+        notes_compute = ""
+    if columns.evaluation:
+        notes = [f"mIoU: validation mIoU in percent on {columns.evaluation}, of the checkpoint the "
+                 "'checkpoint reported' column names (best on a held-out slice of train, the last one, "
+                 "or — older runs — best on this split itself, which is optimistic)."]
+    else:
+        notes = ["mIoU: validation mIoU in percent of the checkpoint the 'checkpoint reported' "
+                 "column names; each run's evaluation (split, protocol, input size, metric "
+                 "resolution) is in its row."]
     where = columns.macs_input or "the size in the 'MACs input' column"
     notes.append(f"MACs: multiply-accumulates of one image at {where} through the deployed network, "
                  "counted in the TransKD paper's convention (mmcv 1.3 rules: conv and linear layers, "
@@ -147,6 +165,8 @@ def _comparison_notes(columns: _Columns) -> str:
                  "machine that trained the run" + (" (~: estimated from metrics.jsonl timestamps, the "
                                                     "run has no summary.json)." if columns.estimated_time
                                                     else "."))
+    if notes_compute:
+        notes.append(notes_compute)
     return " ".join(notes)
 
 
@@ -340,11 +360,13 @@ def prepare_output(path: Path) -> Path:
 
 
 def write_report(paths: Sequence[str | Path], output: str | Path | None = None, samples: int = 3,
-                 announce: Callable[[str], None] | None = None) -> ReportResult:
+                 announce: Callable[[str], None] | None = None,
+                 baseline: str | None = None) -> ReportResult:
     """Read the runs behind ``paths`` (run folders, or folders of runs) and write the report.
 
     Checks every input before writing anything; ``samples`` validation images are predicted
-    (0: none)."""
+    (0: none). ``baseline`` names the row (runs of one config across seeds) every method is
+    compared with besides the plain student; by default a ``kd`` row if there is one."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"the number of sample images must be a non-negative integer, got {samples!r}")
     if not paths:
@@ -362,6 +384,9 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     measure_sizes(runs, data)
     assign_roles(runs)
     runs = ordered(runs)
+    labels = [g.label for g in group_runs(runs)]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"baseline {baseline!r} is not a row of the report (rows: {', '.join(labels)})")
     output = prepare_output(output)
     say(f"writing the report to {output}")
     figures = output / FIGURES_NAME
@@ -374,6 +399,8 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
                     "metrics.jsonl and summary.json."),
     ]
     blocks += comparison_section(runs)
+    say("comparing across seeds")
+    blocks += seeds_section(runs, baseline)
     say("drawing curves")
     blocks += miou_section(runs, figures)
     blocks += loss_section(runs, figures)
