@@ -220,14 +220,12 @@ def plan_sweep(spec: SweepSpec) -> tuple[PlannedRun | None, list[PlannedRun]]:
 def _planned(name: str, config_path: str | None, overrides: list[str], run_dir: Path,
              teacher_file: str | None = None) -> PlannedRun:
     overrides = [*overrides, f"output.dir={_quoted(run_dir)}"]
-    config = _resolve(name, config_path, overrides)
+    with_teacher = overrides + ([f"teacher.weights={_quoted(teacher_file)}"] if teacher_file else [])
+    config = _resolve(name, config_path, with_teacher)
     if config.method_names:
-        if teacher_file is None and config.teacher.weights is None:
-            raise ConfigError(f"sweep run {name} distils (method {config.distill.method!r}) but the "
-                              "sweep has no teacher; add 'teacher' (config or weights)")
-        if teacher_file is not None:
-            overrides.append(f"teacher.weights={_quoted(teacher_file)}")
-            config = _resolve(name, config_path, overrides)
+        overrides = with_teacher
+    elif teacher_file is not None:  # trained alone: the teacher is no part of its config
+        config = _resolve(name, config_path, overrides)
     _check_existing(name, run_dir, config)
     return PlannedRun(name, "distill" if config.method_names else "train", config_path, overrides,
                       config, run_dir)

@@ -43,7 +43,7 @@ def group_runs(runs: Sequence[Run]) -> list[Group]:
     are labelled NAME."""
     groups: dict[str, Group] = {}
     for run in runs:
-        key = identity(run)
+        key = run.role + identity(run)  # a teacher trained like the student is still the teacher
         if key not in groups:
             label = run.path.parent.name if SEED_FOLDER.fullmatch(run.path.name) else run.name
             groups[key] = Group(label, run.role, run.network)
