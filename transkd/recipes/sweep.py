@@ -24,11 +24,14 @@ over several sittings. Paths in the spec are relative to the working folder, as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -266,6 +269,29 @@ def run_sweep(spec: SweepSpec, announce: Callable[[str], None] | None = None) ->
     a resumable checkpoint) and is raised again."""
     say = announce or (lambda _message: None)
     teacher, runs = plan_sweep(spec)
+    with _terminate_as_interrupt():
+        return _run(spec, teacher, runs, say)
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """SIGTERM (a scheduler's notice) stops the sweep like Ctrl-C: children keep checkpoints."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(spec: SweepSpec, teacher: PlannedRun | None, runs: list[PlannedRun],
+         say: Callable[[str], None]) -> SweepResult:
     output = Path(spec.output)
     logs = output / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -304,8 +330,9 @@ def _run_batch(runs: list[PlannedRun], jobs: int, threads: int, logs: Path,
                 with log.open("a", encoding="utf-8") as handle:
                     handle.write(f"$ OMP_NUM_THREADS={threads} {shlex.join(run.argv())}\n")
                     handle.flush()
+                    # its own session: a signal reaches it once, forwarded below
                     process = subprocess.Popen(run.argv(), stdout=handle, stderr=subprocess.STDOUT,
-                                               env=env)
+                                               env=env, start_new_session=True)
                 running.append((run, process, time.perf_counter()))
             time.sleep(0.2)
             for item in list(running):
@@ -324,7 +351,7 @@ def _run_batch(runs: list[PlannedRun], jobs: int, threads: int, logs: Path,
                     failed.append(run.name)
     except KeyboardInterrupt:
         for _, process, _ in running:  # each child saves a resumable checkpoint on SIGINT
-            process.send_signal(2)
+            process.send_signal(signal.SIGINT)
         for _, process, _ in running:
             process.wait()
         raise
