@@ -90,3 +90,12 @@ def test_budget_and_selection_errors_name_the_key():
     with pytest.raises(ConfigError, match="config key 'data.selection' must be"):
         load_config(None, ["data.selection=test"])
     assert load_config(None, ["train.budget=steps:5"]).train.budget == "steps:5"
+
+
+def test_a_seconds_budget_is_turned_into_steps_once_from_a_calibration(tmp_path):
+    run_dir = tmp_path / "run"
+    assert main(["train", *TINY, "--set", "train.budget=seconds:1.5", "-o", str(run_dir)]) == 0
+    saved = summary(run_dir)
+    calibrated = saved["budget"]["calibrated_step_seconds"]
+    assert calibrated > 0 and saved["total_steps"] == saved["steps"] == max(1, math.floor(1.5 / calibrated))
+    assert saved["compute"]["step_seconds"] > 0 and saved["compute"]["wall_seconds"] > 0

@@ -128,6 +128,12 @@ def yaml_string(text: str) -> str:
     return "'" + str(text).replace("'", "''") + "'"
 
 
+def add_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", metavar="ROW", help="the row (runs of one config across seeds, "
+                        "e.g. kd) every method is compared with besides the plain student "
+                        "(default: a kd row if there is one)")
+
+
 def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     """``SPEC``, ``--seeds``, ``--set`` (every run, or ``NAME:KEY=VALUE`` one run), ``--teacher``,
     ``--jobs``, ``--threads``, ``-o/--output``: each replaces the spec file's value."""

@@ -275,8 +275,8 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bo
     trainer.prepare()  # training MACs measured, a budget turned into steps
     config.schedule.check_length(trainer.total_steps)
     if announce is not None and env.is_main:
-        announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch)
-                 + f"; checkpoint reported: {trainer.selection_label}"
+        announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch))
+        announce(f"checkpoint reported: {trainer.selection_label}"
                  + (f"; budget {trainer.budget_record['label']} = {trainer.total_steps} steps"
                     if trainer.budget_record else ""))
     return trainer.fit()

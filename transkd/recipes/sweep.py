@@ -16,7 +16,7 @@ A sweep spec is a small YAML file (every key optional but ``runs``)::
     jobs: 2                            # student runs at once, each with threads // jobs threads
     threads: 2
 
-Every run is the engine's own command (``transkd train`` or ``distill``) in a child process with
+Every run is the tool's own command (``transkd train``, ``distill``; then ``report``) in a child process with
 ``--resume auto``: a finished run (``summary.json`` complete) is skipped without starting anything,
 an interrupted one continues from its checkpoint, so the same command completes a sweep spread
 over several sittings. Paths in the spec are relative to the working folder, as in a config.
@@ -43,7 +43,6 @@ from ..data.selection import parse_selection
 from ..errors import ConfigError, TranskdError
 from ..jsonsafe import json_safe
 from ..options import Keys, convert
-from ..report.report import write_report
 from ..weights.io import deployable_file_name
 
 
@@ -302,10 +301,24 @@ def _run(spec: SweepSpec, teacher: PlannedRun | None, runs: list[PlannedRun],
         _run_batch([teacher], 1, threads, logs, say, ran, skipped)
     _run_batch(runs, spec.jobs, per_job, logs, say, ran, skipped)
     folders = ([teacher.run_dir] if teacher is not None else []) + [r.run_dir for r in runs]
-    say(f"writing the report of {len(folders)} runs")
-    result = write_report(folders, output / "report", samples=spec.report_samples,
-                          baseline=spec.baseline)
-    return SweepResult(output, ran, skipped, result.markdown)
+    report = output / "report"
+    command = [sys.executable, "-m", "transkd", "report", *map(str, folders), "--output", str(report),
+               "--samples", str(spec.report_samples)]
+    command += ["--baseline", spec.baseline] if spec.baseline else []
+    log = logs / "report.log"
+    say(f"report of {len(folders)} runs: started; log {log}")
+    with log.open("w", encoding="utf-8") as handle:
+        handle.write(f"$ {shlex.join(command)}\n")
+        handle.flush()
+        code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=_threads(threads)
+                              ).returncode
+    if code != 0:
+        raise TranskdError(f"the sweep's report failed (exit {code}); see {log}")
+    return SweepResult(output, ran, skipped, report / "REPORT.md")
+
+
+def _threads(count: int) -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": str(count), "MKL_NUM_THREADS": str(count)}
 
 
 def _run_batch(runs: list[PlannedRun], jobs: int, threads: int, logs: Path,
@@ -319,7 +332,7 @@ def _run_batch(runs: list[PlannedRun], jobs: int, threads: int, logs: Path,
             pending.append(run)
     running: list[tuple[PlannedRun, subprocess.Popen, float]] = []
     failed: list[str] = []
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    env = _threads(threads)
     try:
         while pending or running:
             while pending and len(running) < jobs:
