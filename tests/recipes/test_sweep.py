@@ -122,3 +122,20 @@ def test_a_killed_sweep_is_completed_without_redoing_finished_runs(tmp_path, tea
 
     again = run_sweep(load_spec(spec))
     assert again.ran == [] and len(again.skipped) == 4
+
+
+def test_the_camvid_sweep_spec_plans_the_table(tmp_path):
+    spec_file = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "sweep_cpu40e.yaml"
+    cwd = os.getcwd()
+    os.chdir(Path(__file__).resolve().parents[2])  # its paths are relative to the repository
+    try:
+        spec = load_spec(spec_file, output=str(tmp_path / "camvid"),
+                         overrides=[f"data.root={tmp_path}"])
+        teacher, runs = plan_sweep(spec)
+    finally:
+        os.chdir(cwd)
+    assert teacher.config.model.name == "segformer_b2" and teacher.config.train.epochs == 25
+    assert len(runs) == 7 * 3 and {r.config.train.seed for r in runs} == {0, 1, 2}
+    assert all(r.config.data.selection == "train_holdout:0.1" for r in runs)
+    assert runs[1].config.teacher.weights == str(tmp_path / "camvid" / "teacher_b2" / "best" /
+                                                 "model.safetensors")

@@ -143,6 +143,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[RUN:]KEY=VALUE",
                         help="override one key of every run, or of the run named RUN "
                              "(e.g. --set kd:distill.options.kd.tau=2); repeatable")
+    parser.add_argument("--data", metavar="ROOT", help="dataset root folder of every run (shortcut "
+                        "for --set data.root=ROOT)")
     parser.add_argument("--teacher", metavar="FILE", help="a trained teacher (.safetensors) instead "
                         "of the spec's teacher run")
     parser.add_argument("--jobs", type=int, metavar="N", help="student runs at once")

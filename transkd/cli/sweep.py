@@ -6,7 +6,7 @@ import argparse
 
 from ..recipes.sweep import load_spec, run_sweep
 from ._common import say
-from ._options import add_sweep_arguments
+from ._options import add_sweep_arguments, yaml_string
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,7 +23,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = load_spec(args.spec, seeds=args.seeds, overrides=args.overrides, output=args.output,
+    overrides = args.overrides + ([f"data.root={yaml_string(args.data)}"] if args.data else [])
+    spec = load_spec(args.spec, seeds=args.seeds, overrides=overrides, output=args.output,
                      teacher_weights=args.teacher, jobs=args.jobs, threads=args.threads)
     result = run_sweep(spec, announce=say)
     say(f"ran {len(result.ran)} run(s), skipped {len(result.skipped)} finished earlier; runs in "
