@@ -99,8 +99,9 @@ def comparison_section(runs: Sequence[Run]) -> list[Block]:
                            Paragraph(_comparison_notes(columns)), Table(header, rows, numeric)]
     if gaps:
         blocks.append(Paragraph("Share of the teacher–student gap closed = (mIoU_method − "
-                                "mIoU_student) / (mIoU_teacher − mIoU_student), from best validation "
-                                "mIoU (%) of runs evaluated the same way:"))
+                                "mIoU_student) / (mIoU_teacher − mIoU_student), from the val mIoU (%) "
+                                "of each run's reported checkpoint, runs evaluated the same way (one "
+                                "run each; the rows across seeds below pair seeds):"))
         blocks.append(Bullets([g.explanation for g in gaps.values()]))
     blocks.append(Collapsed("MAC counting rules", MACS_CONVENTION, language="text"))
     return blocks
@@ -173,8 +174,13 @@ def _comparison_notes(columns: _Columns) -> str:
 def miou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
     by_epochs = all(r.by_epochs for r in runs)
     axis = "epoch" if by_epochs else "optimiser step"
-    curves = {r.name: [(r_["epoch"] if by_epochs else r_["step"], r_["miou"]) for r_ in r.val_records()]
-              for r in runs}
+    curves = {}
+    for run in runs:  # a run that selects on held-out training images has no val curve: that one
+        records, name = run.val_records(), run.name
+        if not records and run.select_records():
+            records, name = run.select_records(), f"{run.name} (train_holdout)"
+        curves[name] = [(r["epoch"] if by_epochs else r["step"], r["miou"]) for r in records
+                        if "epoch" in r or not by_epochs]
     references = {}
     if not any(r.role == TEACHER for r in runs):
         for run in runs:
@@ -185,7 +191,9 @@ def miou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
         return [Heading("Validation mIoU"), Paragraph("No run has a validation score yet.")]
     evaluation = _common(r.evaluation for r in runs) or "each run's own evaluation (see the table)"
     return [Heading("Validation mIoU"),
-            Figure(path, f"Validation mIoU (%) against {axis}; {evaluation}.")]
+            Figure(path, f"Validation mIoU (%) against {axis}; {evaluation}. Runs marked "
+                         "'(train_holdout)' choose their checkpoint on a held-out slice of train and "
+                         "score val once, at the end: their curve is the held-out slice's mIoU.")]
 
 
 def loss_section(runs: Sequence[Run], figures: Path) -> list[Block]:
@@ -304,8 +312,22 @@ def run_section(run: Run) -> list[Block]:
              f"status: {summary.get('status', 'no summary.json (running, or stopped before the end)')}; "
              f"steps: {steps}" + (f" of {total}" if total else ""),
              f"evaluation: {run.evaluation}",
-             f"best val mIoU {_with_sign(best.get('miou'))} (pixel acc {_with_sign(best.get('acc'))}) at "
-             f"step {best.get('step', 'n/a')}; last val mIoU {_with_sign(last.get('miou'))}"]
+             f"{'best val mIoU' if run.selects_on_val else 'val mIoU (scored once)'} "
+             f"{_with_sign(best.get('miou'))} (pixel acc {_with_sign(best.get('acc'))}) at "
+             f"step {best.get('step', 'n/a')}; last val mIoU {_with_sign(last.get('miou'))}",
+             f"checkpoint reported: {run.selection_label}"]
+    compute = run.compute
+    if compute.get("train_macs") or compute.get("seconds_per_step"):
+        per_step = compute.get("seconds_per_step")
+        macs = compute.get("train_macs")
+        items.append("compute: " + ", ".join(filter(None, [
+            f"{macs / 1e12:.3f} training TMACs" if isinstance(macs, (int, float)) else None,
+            f"{per_step:.3f} s per optimiser step" if isinstance(per_step, (int, float)) else None,
+            f"{compute['wall_seconds']:.0f} s wall time" if isinstance(compute.get("wall_seconds"),
+                                                                      (int, float)) else None])))
+    budget = summary.get("budget")
+    if isinstance(budget, dict) and budget.get("label"):
+        items.append(f"budget: {budget['label']} = {budget.get('steps')} optimiser steps")
     if run.teacher_val is not None:
         items.append(f"teacher val mIoU {_with_sign(run.teacher_val['miou'])}, scored when the "
                      "distillation started")

@@ -79,7 +79,13 @@ class Run:
         return next((self.path / f for f in MODEL_FILES if (self.path / f).is_file()), None)
 
     def val_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == "val" and is_finite_number(r.get("miou"))]
+        """Validation scores during training (not the reported split's single final scoring)."""
+        return [r for r in self.records if r.get("kind") == "val" and not r.get("reported")
+                and is_finite_number(r.get("miou"))]
+
+    def select_records(self) -> list[dict[str, Any]]:
+        """Scores on the held-out selection images (``data.selection: train_holdout:F``)."""
+        return [r for r in self.records if r.get("kind") == "select" and is_finite_number(r.get("miou"))]
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -145,6 +151,14 @@ class Run:
         except ConfigError:
             return "unknown"
         return selection.label(self.config.data.val_split)
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether the reported checkpoint was chosen on the reported split (older runs)."""
+        try:
+            return parse_selection(self.config.data.selection).on_reported_split
+        except ConfigError:
+            return True
 
     @property
     def compute(self) -> dict[str, Any]:
