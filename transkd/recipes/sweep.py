@@ -302,6 +302,9 @@ def _run(spec: SweepSpec, teacher: PlannedRun | None, runs: list[PlannedRun],
     _run_batch(runs, spec.jobs, per_job, logs, say, ran, skipped)
     folders = ([teacher.run_dir] if teacher is not None else []) + [r.run_dir for r in runs]
     report = output / "report"
+    if not ran and _newer_than_every_run(report / "REPORT.md", folders):
+        say(f"report: up to date ({report / 'REPORT.md'})")
+        return SweepResult(output, ran, skipped, report / "REPORT.md")
     command = [sys.executable, "-m", "transkd", "report", *map(str, folders), "--output", str(report),
                "--samples", str(spec.report_samples)]
     command += ["--baseline", spec.baseline] if spec.baseline else []
@@ -315,6 +318,15 @@ def _run(spec: SweepSpec, teacher: PlannedRun | None, runs: list[PlannedRun],
     if code != 0:
         raise TranskdError(f"the sweep's report failed (exit {code}); see {log}")
     return SweepResult(output, ran, skipped, report / "REPORT.md")
+
+
+def _newer_than_every_run(path: Path, folders: list[Path]) -> bool:
+    """Whether ``path`` exists and was written after every run's summary.json."""
+    try:
+        written = path.stat().st_mtime_ns
+        return all((f / "summary.json").stat().st_mtime_ns < written for f in folders)
+    except OSError:
+        return False
 
 
 def _threads(count: int) -> dict[str, str]:
