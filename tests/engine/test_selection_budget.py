@@ -99,3 +99,29 @@ def test_a_seconds_budget_is_turned_into_steps_once_from_a_calibration(tmp_path)
     calibrated = saved["budget"]["calibrated_step_seconds"]
     assert calibrated > 0 and saved["total_steps"] == saved["steps"] == max(1, math.floor(1.5 / calibrated))
     assert saved["compute"]["step_seconds"] > 0 and saved["compute"]["wall_seconds"] > 0
+
+
+@pytest.mark.slow
+def test_an_interrupted_holdout_run_resumes_to_the_same_reported_checkpoint(tmp_path):
+    from transkd.config import load_config
+    from transkd.engine.run import execute, plan_run
+
+    overrides = [TINY[i + 1] for i in range(0, len(TINY) - 1, 2)]  # the --set values
+    def config(name):
+        return load_config(None, [*overrides, "data.selection=train_holdout:0.25",
+                                  "train.checkpoint_interval=1", f"output.dir={tmp_path / name}"])
+
+    whole = execute(plan_run(config("whole")))
+    steps = {"n": 0}
+
+    def stop_after_three():
+        steps["n"] += 1
+        if steps["n"] == 3:
+            raise KeyboardInterrupt
+
+    assert execute(plan_run(config("parts")), on_step=stop_after_three).status == "interrupted"
+    assert not (tmp_path / "parts" / "evaluation").exists()  # val not scored before the end
+    resumed = execute(plan_run(config("parts"), resume="auto"))
+    assert resumed.status == "completed"
+    assert resumed.best["step"] == whole.best["step"] and resumed.best["miou"] == whole.best["miou"]
+    assert summary(tmp_path / "parts")["best"] == summary(tmp_path / "whole")["best"]

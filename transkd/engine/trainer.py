@@ -39,7 +39,7 @@ from ..distill import Distiller
 from ..errors import DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..progress import Progress
-from ..weights.io import atomic_write, deployable_file_name, load_state_strict, read_safetensors
+from ..weights.io import atomic_write, deployable_file_name, load_state_strict
 from .checkpoint import (
     capture_rng_state,
     export_weights,
@@ -256,8 +256,11 @@ class Trainer:
             if saved.get("budget"):  # a resumed run keeps the length it was planned with
                 record = dict(saved["budget"])
             else:
-                record["calibrated_step_seconds"] = calibrate_step_seconds(
-                    self.distiller, self.train_set, self.batch_size, self.accum, self.device)
+                seconds = calibrate_step_seconds(self.distiller, self.train_set, self.batch_size,
+                                                 self.accum, self.device)
+                # every process must plan the same number of steps
+                record["calibrated_step_seconds"] = mean_over_ranks({"s": seconds}, self.env,
+                                                                    self.device)["s"]
                 record["steps"] = budget_steps(self.budget, None, record["calibrated_step_seconds"])
         else:
             record["steps"] = budget_steps(self.budget, self.compute["per_step"], None)
@@ -322,6 +325,7 @@ class Trainer:
         self.elapsed_before = 0.0
         self.step_seconds = 0.0
         self.last_select: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.reported: dict[str, Any] | None = None
         self.checkpoint_path: Path | None = None
         self.best_weights: Path | None = None
@@ -561,6 +565,9 @@ class Trainer:
             logger.log("select", pos.step, split=self.selection.mode, **_public(metrics))
         if self.best is None or _better(metrics["miou"], self.best["miou"]):
             self.best = {k: metrics[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
+            if not on_val:  # every process scores it on the reported split at the end
+                self.best_state = {k: v.detach().to("cpu", copy=True)
+                                   for k, v in self.distiller.student.state_dict().items()}
             if self.is_main:
                 self.best_weights = self._export("best")
                 if per_image is not None:
@@ -582,10 +589,9 @@ class Trainer:
         self.last_val = last
         chosen, chosen_images = last, last_images
         if (self.selection.mode == HOLDOUT and self.best is not None
-                and self.best["step"] != pos.step and self.best_weights is not None):
+                and self.best["step"] != pos.step and self.best_state is not None):
             network = copy.deepcopy(self.distiller.student)
-            state, _ = read_safetensors(self.best_weights)
-            load_state_strict(network, state, source=str(self.best_weights))
+            network.load_state_dict(self.best_state)
             chosen = self._evaluate(network, loader, per_image=True)
             chosen.update(step=self.best["step"], epoch=self.best["epoch"])
             chosen_images = chosen.pop("per_image_confusion", None)
@@ -643,6 +649,7 @@ class Trainer:
             "step_seconds": self.step_seconds,
             "total_steps": self.total_steps,
             "budget": self.budget_record,
+            "best_student": self.best_state,  # the held-out selection's choice, scored at the end
             "method": self.distiller.method_name,
             "student": getattr(self.distiller.student, "model_name", None),
         }
@@ -668,6 +675,7 @@ class Trainer:
         self.skipped = int(checkpoint.get("skipped_steps", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.step_seconds = float(checkpoint.get("step_seconds", 0.0))
+        self.best_state = checkpoint.get("best_student")
         self.checkpoint_path = Path(path)
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
             best = self.run_dir / "best" / deployable_file_name(distilled=len(self.distiller.methods) > 0)
