@@ -142,7 +142,7 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
                         "every student run, e.g. --seeds 0 1 2")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[RUN:]KEY=VALUE",
                         help="override one key of every run, or of the run named RUN "
-                             "(e.g. --set kd:distill.options.kd.tau=2); repeatable")
+                             "(e.g. --set kd:distill.options.temperature=2); repeatable")
     parser.add_argument("--data", metavar="ROOT", help="dataset root folder of every run (shortcut "
                         "for --set data.root=ROOT)")
     parser.add_argument("--teacher", metavar="FILE", help="a trained teacher (.safetensors) instead "

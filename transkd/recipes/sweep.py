@@ -11,7 +11,7 @@ A sweep spec is a small YAML file (every key optional but ``runs``)::
       config: configs/camvid/teacher_b2_cpu40e.yaml
     runs:
       - {name: student_b0, config: configs/camvid/student_b0_cpu40e.yaml}
-      - {name: kd, config: configs/camvid/kd_b2-b0_cpu40e.yaml, set: [distill.options.tau=4]}
+      - {name: kd, config: configs/camvid/kd_b2-b0_cpu40e.yaml, set: [distill.options.temperature=4]}
     baseline: kd                       # compared with every method besides the plain student
     jobs: 2                            # student runs at once, each with threads // jobs threads
     threads: 2
