@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, parse_budget
 from ..data.selection import HOLDOUT, LAST, VAL, parse_selection
 from ..distill import Distiller
-from ..errors import DiskFullError, TranskdError
+from ..errors import ConfigError, DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..progress import Progress
 from ..weights.io import atomic_write, deployable_file_name, load_state_strict
@@ -240,9 +240,12 @@ class Trainer:
         self.distiller.to(self.device)
         try:
             self.compute = measure_training_macs(self.distiller, self.train_set, self.device)
-        except TranskdError as exc:  # a network the counter cannot run at batch 1
+        except (TranskdError, RuntimeError, ValueError, TypeError) as exc:  # a network the counter
+            # cannot run on one image in eval mode: the run trains, its compute says why n/a
             if self.budget is not None and self.budget.kind == "macs":
-                raise
+                raise ConfigError(f"config key 'train.budget' counts training MACs, which could not "
+                                  f"be measured ({str(exc).splitlines()[0]}); use steps: or "
+                                  "seconds:") from None
             self.compute = {"note": f"training MACs not measured: {exc}"}
         per_image = self.compute.get("per_image")
         self.compute["per_step"] = per_image * self.images_per_step if per_image else None
