@@ -24,6 +24,7 @@ import yaml
 from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
 from .data.selection import parse_selection
+from .data.unlabelled import REST
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
 from .errors import ConfigError, UnknownOptionError
 from .inference import InferenceOptions
@@ -32,6 +33,10 @@ from .models import create_model, get_entry
 from .options import Keys, check_ranges, convert
 
 Precision = Literal["fp32", "bf16", "fp16"]
+#: ``data.name`` of a run without a labelled dataset.
+NO_DATASET = "none"
+#: The ratio of unlabelled to labelled images in a batch may not exceed this.
+MAX_UNLABELLED_RATIO = 64
 
 
 @dataclass
@@ -60,7 +65,8 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    #: ``cityscapes``, ``acdc``, ``nyuv2``, ``voc``, ``camvid``, ``folder`` or ``synthetic``.
+    #: ``cityscapes``, ``acdc``, ``nyuv2``, ``voc``, ``camvid``, ``folder`` or ``synthetic``;
+    #: ``none``: no labelled dataset (distillation on ``unlabelled`` alone, classes from the teacher).
     name: str = "synthetic"
     root: str | None = None
     train_split: str = "train"
@@ -69,10 +75,38 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: Options of the validation split that differ from ``options`` (e.g. a shorter synthetic split).
     val_options: dict[str, Any] = field(default_factory=dict)
+    #: A training sample that cannot be read mid-run: stop naming its file (false), or train on the
+    #: next readable one in its place and count it in the log and the summary (true).
+    skip_bad_samples: bool = False
+    #: Images without labels used beside the labelled training split: a folder or a list of
+    #: folders (searched recursively), and/or ``rest``: the training images whose labels
+    #: ``labelled_fraction`` leaves out. None: labelled images only.
+    unlabelled: str | tuple[str, ...] | None = None
+    #: Unlabelled images per labelled image in each batch (train.batch_size × this is whole).
+    unlabelled_ratio: float = 1.0
+    #: Fraction of the training split's labels kept, a seeded choice (1: all; 0: none).
+    labelled_fraction: float = 1.0
+    #: Seed of that choice; None: train.seed.
+    labelled_seed: int | None = None
+    #: Without any labelled validation split (``name: none``): how many unlabelled images (a
+    #: seeded choice; they also train) measure the student's agreement with the teacher.
+    agreement_images: int = 100
     #: What chooses the checkpoint in ``best/``: ``train_holdout:0.1`` (a seeded 10% of train,
     #: removed from training), ``last`` (no selection) or ``val`` (the reported split itself:
     #: optimistic; how runs were chosen before this key existed). See ``data/selection.py``.
     selection: str = "val"
+
+    @property
+    def unlabelled_entries(self) -> tuple[str, ...]:
+        """``unlabelled`` as a tuple (empty when None)."""
+        if self.unlabelled is None:
+            return ()
+        return (self.unlabelled,) if isinstance(self.unlabelled, str) else tuple(self.unlabelled)
+
+    @property
+    def has_labelled_train(self) -> bool:
+        """Whether training sees any label."""
+        return self.name != NO_DATASET and self.labelled_fraction > 0
 
 
 @dataclass
@@ -84,6 +118,11 @@ class DistillConfig:
     ce_weight: float = 1.0
     #: Evaluate the teacher on the validation split once when distillation starts.
     eval_teacher: bool = True
+    #: Train on the teacher's confident predictions on unlabelled images: cross-entropy on the
+    #: pixels whose teacher softmax maximum is at least this (term ``pseudo_ce``). None: off.
+    pseudo_label_threshold: float | None = None
+    #: Weight of ``pseudo_ce``.
+    pseudo_label_weight: float = 1.0
 
 
 @dataclass
@@ -144,6 +183,9 @@ class TrainConfig:
     deterministic: bool = False
     val_interval: int = 1
     checkpoint_interval: int = 1
+    #: Resumable checkpoints kept: 1 (last.pt), 2 (+ previous.pt, the fallback when last.pt is
+    #: damaged) or more (+ step_<n>.pt links to the newest ones); bounds a long run's disk use.
+    keep_checkpoints: int = 2
     log_interval: int = 10
     num_workers: int = 2
     #: A NaN/inf loss: ``stop`` with a message, or ``skip`` the step and count it.
@@ -404,8 +446,11 @@ def validate(config: Config) -> Config:
         _require(config.teacher.weights is not None or hf_teacher, "teacher.weights",
                  f"must name the teacher's .safetensors file for method {config.distill.method!r}")
     _check_data(config.data)
-    parse_selection(config.data.selection)
+    selection = parse_selection(config.data.selection)
+    _require(selection.mode != "train_holdout" or config.data.has_labelled_train, "data.selection",
+             f"({config.data.selection}) holds out labelled training images, but this run has none")
     parse_budget(config.train.budget)
+    _check_unlabelled(config)
     return config
 
 
@@ -450,7 +495,8 @@ def _check_schedule(config: Config) -> None:
 
 
 def _check_train(train: TrainConfig) -> None:
-    for key in ("batch_size", "grad_accum", "val_interval", "checkpoint_interval", "log_interval"):
+    for key in ("batch_size", "grad_accum", "val_interval", "checkpoint_interval", "keep_checkpoints",
+                "log_interval"):
         value = getattr(train, key)
         _require(value >= 1, f"train.{key}", f"must be a positive integer, got {value}")
     _require(train.num_workers >= 0, "train.num_workers",
@@ -461,10 +507,61 @@ def _check_train(train: TrainConfig) -> None:
 
 
 def _check_data(data: DataConfig) -> None:
-    _require(data.name in list_datasets(), "data.name",
-             f"must be one of {', '.join(list_datasets())}, got {data.name!r}")
+    names = [*list_datasets(), NO_DATASET]
+    _require(data.name in names, "data.name", f"must be one of {', '.join(names)}, got {data.name!r}")
+    if data.name == NO_DATASET:
+        for key in ("options", "val_options"):
+            _require(not getattr(data, key), f"data.{key}",
+                     f"must be empty when data.name is {NO_DATASET!r} (no labelled dataset)")
+        return
     for key in ("options", "val_options"):
         check_dataset_options(data.name, getattr(data, key), Keys(f"data.{key}."))
+
+
+def _check_unlabelled(config: Config) -> None:
+    """Ranges of the unlabelled-data keys, and the combinations a run without labels needs."""
+    data, distill = config.data, config.distill
+    entries = data.unlabelled_entries
+    _require(all(e.strip() for e in entries), "data.unlabelled",
+             "must name folders of images (or 'rest'), got an empty name")
+    _require(0 < data.unlabelled_ratio <= MAX_UNLABELLED_RATIO, "data.unlabelled_ratio",
+             f"must be in (0, {MAX_UNLABELLED_RATIO}], got {data.unlabelled_ratio}")
+    per_batch = config.train.batch_size * data.unlabelled_ratio
+    _require(not entries or not data.has_labelled_train or per_batch == int(per_batch),
+             "data.unlabelled_ratio", f"({data.unlabelled_ratio}) times train.batch_size "
+             f"({config.train.batch_size}) must be a whole number of unlabelled images per batch")
+    _require(0 <= data.labelled_fraction <= 1, "data.labelled_fraction",
+             f"must be in [0, 1], got {data.labelled_fraction}")
+    _require(data.labelled_seed is None or data.labelled_seed >= 0, "data.labelled_seed",
+             f"must be non-negative or null, got {data.labelled_seed}")
+    _require(data.agreement_images >= 1, "data.agreement_images",
+             f"must be a positive integer, got {data.agreement_images}")
+    no_dataset = data.name == NO_DATASET
+    _require(not no_dataset or data.labelled_fraction == 1, "data.labelled_fraction",
+             f"applies to a labelled dataset, and data.name is {NO_DATASET!r}")
+    if REST in entries:
+        _require(not no_dataset and data.labelled_fraction < 1, "data.unlabelled",
+                 "is 'rest' (the training images whose labels are left out), which needs a labelled "
+                 "dataset and data.labelled_fraction below 1")
+    _require(not entries or needs_teacher(distill.method), "data.unlabelled",
+             f"needs a distillation method with a teacher (method {distill.method!r} learns from "
+             "labels alone, so unlabelled images would teach it nothing)")
+    if not data.has_labelled_train:
+        _require(bool(entries), "data.unlabelled", "must name images to train on: this run keeps no "
+                 "label (data.name none or data.labelled_fraction 0)")
+        for cls in method_classes(distill.method):
+            _require(not cls.label_terms, "distill.method",
+                     f"includes {cls.name!r}, whose term(s) {', '.join(cls.label_terms)} need labels, "
+                     "and this run keeps none")
+    threshold = distill.pseudo_label_threshold
+    _require(threshold is None or 0 < threshold <= 1, "distill.pseudo_label_threshold",
+             f"must be in (0, 1] or null, got {threshold}")
+    _require(threshold is None or needs_teacher(distill.method), "distill.pseudo_label_threshold",
+             f"needs a teacher, and method {distill.method!r} has none")
+    _require(threshold is None or bool(entries), "distill.pseudo_label_threshold",
+             "applies to unlabelled images, and data.unlabelled names none")
+    _require(distill.pseudo_label_weight >= 0, "distill.pseudo_label_weight",
+             f"must be non-negative, got {distill.pseudo_label_weight}")
 
 
 def _known_model(name: str, key: str, get_entry):

@@ -31,6 +31,7 @@ class DiskFullError(TranskdError):
     """A file could not be written because the disk or the user's quota is full."""
 
     def __init__(self, path: object, kept: str,
-                 advice: str = "free some space and run the command again") -> None:
-        self.path, self.kept = path, kept
-        super().__init__(f"cannot write {path}: no space left on device ({kept}); {advice}")
+                 advice: str = "free some space and run the command again",
+                 reason: str = "no space left on device") -> None:
+        self.path, self.kept, self.reason = path, kept, reason
+        super().__init__(f"cannot write {path}: {reason} ({kept}); {advice}")

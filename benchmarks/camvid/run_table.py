@@ -10,7 +10,9 @@ wall time) with ``transkd report``.
         --epochs 25 --threads 2 --jobs 2
 
 ``--student-model timm:resnet18 --methods kd,cwd,csf_only`` runs the same teacher into another
-family of student (a CNN here) with the methods whose needs it meets.
+family of student (a CNN here) with the methods whose needs it meets; ``--teacher-model
+timm:convnext_tiny --methods kd,csf_only`` trains a teacher of another family (same preset,
+schedule and budget as the B2 teacher) and distils it into the B0 student.
 
 Presets: ``configs/camvid/*_cpu40e.yaml`` (192×256 inputs, 40 epochs, batch 8). The resolution
 and schedule are chosen so the whole table fits a CPU budget; ``--epochs`` shortens it further
@@ -90,6 +92,11 @@ def main() -> int:
     parser.add_argument("--student-model", default=None, metavar="NAME",
                         help="student network of every student run instead of the presets' segformer_b0, "
                              "e.g. timm:resnet18 (runs are then named <method>_b2-<name>)")
+    parser.add_argument("--teacher-model", default=None, metavar="NAME",
+                        help="teacher network instead of the presets' segformer_b2, e.g. timm:convnext_tiny "
+                             "(the teacher run is then teacher_<name>, students <method>_<name>-<student>)")
+    parser.add_argument("--skip-plain", action="store_true",
+                        help="no plain-student run (when the same student was already trained plain)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="extra config override for every run (repeatable)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -111,21 +118,28 @@ def main() -> int:
     student_sets = ["--set", f"model.name={args.student_model}"] if args.student_model else []
     short = (args.student_model or "segformer_b0").split(":")[-1].removeprefix("segformer_")
     plain = "student_b0" if not args.student_model else f"student_{short}"
+    teacher_short = (args.teacher_model or "segformer_b2").split(":")[-1].removeprefix("segformer_")
+    teacher_sets = ["--set", f"model.name={args.teacher_model}"] if args.teacher_model else []
+    # The distillation presets name the B2 teacher; another teacher is named with its weights.
+    named_teacher = ["--set", f"teacher.name={args.teacher_model}"] if args.teacher_model else []
 
-    teacher_dir = out / "teacher_b2"
+    teacher_dir = out / f"teacher_{teacher_short}"
     run([*tool, "train", "--config", str(PRESETS / "teacher_b2_cpu40e.yaml"),
-         "--output", str(teacher_dir), *common], args.threads)
+         "--output", str(teacher_dir), *common, *teacher_sets], args.threads)
     teacher = teacher_dir / "best" / "model.safetensors"
-    students: list[tuple[str, list[str]]] = [
-        (plain, [*tool, "train", "--config", str(PRESETS / "student_b0_cpu40e.yaml"),
-                 "--output", str(out / plain), *common, *student_sets])]
+    students: list[tuple[str, list[str]]] = []
+    if not args.skip_plain:
+        students.append((plain, [*tool, "train", "--config", str(PRESETS / "student_b0_cpu40e.yaml"),
+                                 "--output", str(out / plain), *common, *student_sets]))
     for method in [m for m in args.methods.split(",") if m]:
-        students.append((f"{method}_b2-{short}", [
+        name = f"{method}_{teacher_short}-{short}"
+        students.append((name, [
             *tool, "distill", "--config", str(PRESETS / f"{method}_b2-b0_cpu40e.yaml"),
-            "--teacher", str(teacher), "--output", str(out / f"{method}_b2-{short}"), *common,
-            *student_sets]))
-    # Longest first, so the last job to start is a short one and the cores finish together.
-    run_pool(students[:0:-1] + students[:1], args.jobs, per_job, out / "logs")
+            "--teacher", str(teacher), "--output", str(out / name), *common, *student_sets,
+            *named_teacher]))
+    # Longest first (the plain run is the shortest), so the cores finish together.
+    run_pool(students[1:][::-1] + students[:1] if not args.skip_plain else students,
+             args.jobs, per_job, out / "logs")
     runs = [teacher_dir] + [out / name for name, _ in students]
     run([*tool, "report", *map(str, runs), "--output", str(out / "report")], args.threads)
     print(f"report: {out / 'report' / 'REPORT.md'}")

@@ -98,3 +98,45 @@ def test_resolve_resume(tmp_path):
     assert resolve_resume("auto", tmp_path) == tmp_path / "last.pt"
     with pytest.raises(CheckpointError, match="no checkpoint file"):
         resolve_resume(str(tmp_path / "missing.pt"), tmp_path)
+
+
+def tiny_checkpoint(step: int) -> dict:
+    return {"model": {"w": torch.full((4,), float(step))}, "optimizer": {}, "schedule": {},
+            "rng": {}, "position": {"step": step, "epoch": 0, "batch": 0}}
+
+
+@pytest.mark.parametrize("keep, files", [
+    (1, ["last.pt"]),
+    (2, ["last.pt", "previous.pt"]),
+    (4, ["last.pt", "previous.pt", "step_000000004.pt", "step_000000005.pt", "step_000000006.pt",
+         "step_000000007.pt"]),
+])
+def test_keep_checkpoints_bounds_what_a_run_keeps(tmp_path, keep, files):
+    from transkd.engine.checkpoint import save_checkpoint
+
+    for step in range(1, 8):
+        save_checkpoint(tmp_path / "last.pt", tiny_checkpoint(step), keep=keep)
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    assert load_checkpoint(tmp_path / "last.pt")["position"]["step"] == 7
+    distinct = {p.stat().st_ino for p in tmp_path.iterdir()}
+    assert len(distinct) == keep  # links, not copies: keep checkpoints' worth of disk
+    if keep > 2:
+        assert load_checkpoint(tmp_path / "step_000000004.pt")["position"]["step"] == 4
+
+
+def test_a_checkpoint_that_cannot_fit_is_refused_before_writing(tmp_path, monkeypatch):
+    import shutil
+    from collections import namedtuple
+
+    from transkd.engine import checkpoint as module
+    from transkd.errors import DiskFullError
+
+    module.save_checkpoint(tmp_path / "last.pt", tiny_checkpoint(1))
+    before = (tmp_path / "last.pt").read_bytes()
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10 << 20, 10 << 20, 1000))
+    with pytest.raises(DiskFullError, match=r"needs about 1 MiB and 0 MiB are free \(the previous "
+                                            r"last.pt is unchanged\)"):
+        module.save_checkpoint(tmp_path / "last.pt", tiny_checkpoint(2))
+    assert (tmp_path / "last.pt").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]

@@ -14,7 +14,9 @@ from tqdm import tqdm
 from ..config import Config, load_config
 from ..data.selection import parse_selection
 from ..engine.distributed import cleanup_distributed
+from ..engine.interrupt import exit_code
 from ..engine.run import execute, plan_run, protocol_description
+from ..engine.trainer import AGREEMENT
 from ._options import config_overrides
 
 
@@ -61,7 +63,8 @@ def say(message: str = "", enabled: bool = True) -> None:
 
 
 def run_training(config: Config, resume: str | None, command: str, progress: bool = True) -> int:
-    """Plan (check everything), train, print where results went; exit code 130 if interrupted.
+    """Plan (check everything), train, print where results went; exit code 128 + the signal's
+    number if a signal interrupted it (130 Ctrl-C, 143 SIGTERM, 138 SIGUSR1).
     ``progress``: a bar on a terminal, or plain progress lines in a log."""
     plan = plan_run(config, resume)
     main = plan.env.is_main
@@ -75,24 +78,36 @@ def run_training(config: Config, resume: str | None, command: str, progress: boo
     finally:
         cleanup_distributed(plan.env)
     if not main:
-        return 0 if result.status == "completed" else 130
-    where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
+        return 0 if result.status == "completed" else exit_code(result.stopped_by)
+    agreement = result.extra.get("validation") == AGREEMENT
+    if agreement:
+        count = min(config.data.agreement_images, len(plan.bundle.unlabelled.images))
+        where = context_line(protocol_description(config), f"{count} unlabelled images", "(no labels)")
+    else:
+        where = context_line(protocol_description(config), plan.bundle.name, config.data.val_split)
     if result.teacher_val:
         say(f"teacher val mIoU {percent(result.teacher_val['miou'])}% "
             f"(pixel acc {percent(result.teacher_val['acc'])}%) — {where}")
     if result.status == "interrupted":
-        say(f"interrupted after {result.steps}/{result.total_steps} steps; resumable checkpoint: "
+        by = f" by {result.stopped_by}" if result.stopped_by not in (None, "SIGINT") else ""
+        say(f"interrupted{by} after {result.steps}/{result.total_steps} steps; resumable checkpoint: "
             f"{result.checkpoint}")
         say(f"continue with: transkd {command} ... --output {plan.run_dir} --resume auto")
-        return 130
+        return exit_code(result.stopped_by)
     best = result.best or {}
     last = result.last_val or {}
-    selection = parse_selection(config.data.selection)
-    chosen = "best val mIoU" if selection.on_reported_split else \
-        f"val mIoU (evaluated once; {selection.label(config.data.val_split)})"
-    say(f"{chosen} {percent(best.get('miou'))}% at step {best.get('step')} "
-        f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
-        f"pixel acc {percent(last.get('acc'))}% — {where}")
+    if agreement:
+        say(f"best agreement with teacher {percent(best.get('miou'))}% (mIoU of student vs teacher "
+            f"predictions) at step {best.get('step')} (epoch {best.get('epoch')}); last agreement "
+            f"with teacher {percent(last.get('miou'))}%, pixel agreement {percent(last.get('acc'))}% "
+            f"— {where}")
+    else:
+        selection = parse_selection(config.data.selection)
+        chosen = "best val mIoU" if selection.on_reported_split else \
+            f"val mIoU (evaluated once; {selection.label(config.data.val_split)})"
+        say(f"{chosen} {percent(best.get('miou'))}% at step {best.get('step')} "
+            f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
+            f"pixel acc {percent(last.get('acc'))}% — {where}")
     if result.skipped_steps:
         say(f"skipped {result.skipped_steps} step(s) with a non-finite loss")
     say(f"trained {result.steps} steps in {result.train_seconds:.1f} s")

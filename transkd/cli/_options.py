@@ -110,6 +110,14 @@ def add_config_arguments(parser: argparse.ArgumentParser, resume: bool = True) -
         parser.add_argument("--output", metavar="DIR", help=argparse.SUPPRESS)
 
 
+def add_unlabelled(parser: argparse.ArgumentParser) -> None:
+    """``--unlabelled FOLDER`` (repeatable): images without labels, a shortcut for data.unlabelled."""
+    parser.add_argument("--unlabelled", action="append", metavar="FOLDER",
+                        help="folder of images without labels, searched recursively (repeatable), or "
+                             "'rest': the training images whose labels data.labelled_fraction leaves "
+                             "out (shortcut for data.unlabelled)")
+
+
 def config_overrides(args: argparse.Namespace, extra: Sequence[str] = ()) -> list[str]:
     """``--set`` overrides, then the shortcut options as overrides."""
     overrides = list(args.overrides)
@@ -119,6 +127,8 @@ def config_overrides(args: argparse.Namespace, extra: Sequence[str] = ()) -> lis
         overrides.append(f"output.dir={yaml_string(args.output)}")
     if getattr(args, "device", None) is not None:
         overrides.append(f"train.device={yaml_string(args.device)}")
+    if getattr(args, "unlabelled", None):
+        overrides.append(f"data.unlabelled=[{', '.join(yaml_string(f) for f in args.unlabelled)}]")
     overrides.extend(extra)
     return overrides
 

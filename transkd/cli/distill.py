@@ -6,15 +6,17 @@ import argparse
 
 from ..errors import ConfigError
 from ._common import config_from_args, run_training
-from ._options import add_config_arguments, yaml_string
+from ._options import add_config_arguments, add_unlabelled, yaml_string
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "distill", help="distil a frozen teacher into a student (TransKD, KD, CWD, ...)",
         description="Distil a teacher (teacher.weights, a transkd .safetensors) into a student with "
-                    "distill.method. Multi-GPU: torchrun --nproc_per_node N -m transkd distill ...")
+                    "distill.method, on a labelled dataset, images without labels (--unlabelled), or "
+                    "both. Multi-GPU: torchrun --nproc_per_node N -m transkd distill ...")
     add_config_arguments(parser)
+    add_unlabelled(parser)
     parser.add_argument("--teacher", metavar="WEIGHTS",
                         help="teacher .safetensors (shortcut for teacher.weights)")
     parser.add_argument("--method", help="distillation method (shortcut for distill.method)")

@@ -100,10 +100,13 @@ class DistillContext:
     """Everything a method may read during one step."""
 
     images: torch.Tensor
+    #: Labels; the rows of unlabelled samples are all ``ignore_index``.
     targets: torch.Tensor
     student: SegmentationOutput
     teacher: SegmentationOutput | None
     ignore_index: int = 255
+    #: (B,) bool, True where the sample has a label; None when every sample has one.
+    labelled: torch.Tensor | None = None
 
     def teacher_logits(self) -> torch.Tensor:
         """The teacher's logits at the student's logit size (bilinear where they differ)."""
@@ -122,6 +125,11 @@ class DistillMethod(nn.Module):
     #: False when the method reads only the teacher's stage maps and embeddings: then the
     #: teacher's decode head (for SegFormer-B2 the costliest part of its forward) is skipped.
     uses_teacher_logits: ClassVar[bool] = True
+    #: The terms computed from labels (``ctx.targets``): on a batch with unlabelled images they
+    #: see only the labelled ones (the unlabelled rows of ``ctx.targets`` are ``ignore_index``),
+    #: and a run without any label refuses the method. Every other term needs no label and is
+    #: computed on every image.
+    label_terms: ClassVar[tuple[str, ...]] = ()
 
     @dataclass
     class Options:
@@ -185,19 +193,48 @@ def cross_entropy_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_index
     return F.cross_entropy(full_precision(logits), targets.long(), weight=weight, ignore_index=ignore_index)
 
 
+def pseudo_label_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                      threshold: float) -> torch.Tensor:
+    """Cross-entropy of the student against the teacher's arg-max class, on the pixels where the
+    teacher's softmax maximum is at least ``threshold``: the mean over those pixels (0 when there
+    are none). The teacher's logits are resized (bilinear) to the student's first."""
+    teacher_logits = resize_map(full_precision(teacher_logits), student_logits.shape[-2:])
+    confidence, pseudo = teacher_logits.softmax(dim=1).max(dim=1)
+    confident = (confidence >= threshold).to(torch.float32)
+    per_pixel = F.cross_entropy(full_precision(student_logits), pseudo, reduction="none")
+    return (per_pixel * confident).sum() / confident.sum().clamp_min(1.0)
+
+
 class Distiller(nn.Module):
     """Student + adapters (trainable, submodules) and a frozen teacher (not a submodule).
 
     ``distiller(images, targets)`` returns ``{"ce": ..., <method terms>..., "loss": sum,
     "logits": student logits}``; every term is a weighted fp32 scalar.
+
+    Batches may mix labelled and unlabelled images: ``distiller(images, targets, labelled)`` with
+    ``labelled`` a (B,) bool mask (``targets=None``: no image has a label). One forward of each
+    network serves the whole batch; the task loss ``ce`` is the criterion on the labelled rows
+    alone (0 when there are none), every label-free method term sees every image, and a method's
+    ``label_terms`` see the labels with the unlabelled rows set to ``ignore_index``, so methods
+    keep one signature and never learn where the images came from. A mask rather than labels
+    filled with ``ignore_index``: the criterion then never averages over an empty set, and a
+    protocol whose void is a trained class cannot turn a missing label into a void one.
+    ``pseudo_label_threshold`` adds ``pseudo_ce``: :func:`pseudo_label_loss` on the unlabelled
+    images, weighted by ``pseudo_label_weight``.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None,
                  methods: list[DistillMethod], *,
                  criterion: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
                  ce_weight: float = 1.0, ignore_index: int = 255,
-                 class_map: tuple[int, ...] | None = None) -> None:
+                 class_map: tuple[int, ...] | None = None,
+                 pseudo_label_threshold: float | None = None,
+                 pseudo_label_weight: float = 1.0) -> None:
         super().__init__()
+        if pseudo_label_threshold is not None and teacher is None:
+            raise ValueError("pseudo-labels need a teacher")
+        self.pseudo_label_threshold = pseudo_label_threshold
+        self.pseudo_label_weight = pseudo_label_weight
         #: Teacher logit channel for each student class (teachers trained on another class set).
         self.class_map = list(class_map) if class_map is not None else None
         self.student = student
@@ -216,6 +253,11 @@ class Distiller(nn.Module):
     @property
     def method_name(self) -> str:
         return "+".join(self.methods) or "none"
+
+    def label_terms(self) -> dict[str, tuple[str, ...]]:
+        """For each method with terms computed from labels, those terms (they skip unlabelled
+        images); the task loss ``ce`` always does."""
+        return {name: m.label_terms for name, m in self.methods.items() if m.label_terms}
 
     def train(self, mode: bool = True) -> Distiller:
         super().train(mode)
@@ -253,22 +295,48 @@ class Distiller(nn.Module):
             return None
         images = renormalise(images, self.student, self.teacher)
         encode = getattr(self.teacher, "encode", None)
-        if encode is not None and not any(m.uses_teacher_logits for m in self.methods.values()):
+        logits_read = (self.pseudo_label_threshold is not None
+                       or any(m.uses_teacher_logits for m in self.methods.values()))
+        if encode is not None and not logits_read:
             return encode(images)
         out = self.teacher(images, return_features=True)
         if self.class_map is not None and out.logits is not None:
             out.logits = out.logits[:, self.class_map]
         return out
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, images: torch.Tensor, targets: torch.Tensor | None = None,
+                labelled: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         needs_outputs = bool(self.methods)
         student_out = self.student(images, return_features=needs_outputs)
         if not needs_outputs:
             student_out = SegmentationOutput(student_out, [], [])
         teacher_out = self.teacher_forward(images)
-        terms: dict[str, torch.Tensor] = {
-            "ce": self.ce_weight * full_precision(self.criterion(student_out.logits, targets))}
-        ctx = DistillContext(images, targets, student_out, teacher_out, self.ignore_index)
+        logits = student_out.logits
+        if targets is None:  # no image has a label: a stand-in of the logits' size
+            targets = torch.full((images.shape[0], *logits.shape[-2:]), self.ignore_index,
+                                 dtype=torch.long, device=images.device)
+            labelled = torch.zeros(images.shape[0], dtype=torch.bool, device=images.device)
+        if labelled is not None and bool(labelled.all()):
+            labelled = None
+        if labelled is None:
+            ce = self.criterion(logits, targets)
+        elif bool(labelled.any()):
+            ce = self.criterion(logits[labelled], targets[labelled])
+            targets = targets.masked_fill(~labelled.view(-1, *([1] * (targets.dim() - 1))),
+                                          self.ignore_index)
+        else:
+            ce = logits.sum() * 0.0  # keeps the graph whole (DDP reduces every parameter)
+            targets = torch.full_like(targets, self.ignore_index)
+        terms: dict[str, torch.Tensor] = {"ce": self.ce_weight * full_precision(ce)}
+        if self.pseudo_label_threshold is not None:
+            unlabelled = ~labelled if labelled is not None else None
+            if unlabelled is not None and bool(unlabelled.any()):
+                pseudo = pseudo_label_loss(logits[unlabelled], teacher_out.logits[unlabelled],
+                                           self.pseudo_label_threshold)
+            else:
+                pseudo = logits.sum() * 0.0
+            terms["pseudo_ce"] = self.pseudo_label_weight * full_precision(pseudo)
+        ctx = DistillContext(images, targets, student_out, teacher_out, self.ignore_index, labelled)
         for method in self.methods.values():
             for key, value in method.loss_terms(ctx).items():
                 if key in terms:

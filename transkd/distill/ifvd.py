@@ -71,6 +71,7 @@ class IntraClassFeatureVariation(DistillMethod):
 
     name = "ifvd"
     uses_teacher_logits = False
+    label_terms = ("ifvd",)  # the class prototypes come from the labels
 
     @dataclass
     class Options:

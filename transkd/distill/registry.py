@@ -96,13 +96,15 @@ def create_distiller(method: str, teacher: nn.Module | None, student: nn.Module,
 
     Options are keyword arguments. With several methods, give each its own options as a dict
     under its name (``kd={"temperature": 4.0}``); with one method, plain keywords work too.
-    Options shared by the Distiller itself: ``criterion``, ``ce_weight``, ``ignore_index`` and
-    ``class_map`` (for each student class, the teacher's logit channel).
+    Options shared by the Distiller itself: ``criterion``, ``ce_weight``, ``ignore_index``,
+    ``class_map`` (for each student class, the teacher's logit channel) and
+    ``pseudo_label_threshold``/``pseudo_label_weight`` (see :class:`Distiller`).
 
     Teacher and student may be of any family: every method states what it reads (logits, feature
     maps, patch embeddings) and a pair that cannot provide it fails here, before any training.
     """
-    shared = {k: options.pop(k) for k in ("criterion", "ce_weight", "ignore_index", "class_map")
+    shared = {k: options.pop(k) for k in ("criterion", "ce_weight", "ignore_index", "class_map",
+                                          "pseudo_label_threshold", "pseudo_label_weight")
               if k in options}
     classes = method_classes(method)
     parsed = parse_method_options(method, options)

@@ -20,6 +20,7 @@ import hashlib
 import os
 import pickle
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DiskFullError
 from ..weights.io import atomic_write, deployable_file_name, save_model, save_state_dict
 
 CHECKPOINT_FORMAT = "transkd-train-checkpoint"
@@ -100,11 +101,16 @@ def _feed(digest, value: Any) -> None:
         digest.update(f"{type(value).__name__}:{value!r};".encode())
 
 
-def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
+def save_checkpoint(path: str | Path, checkpoint: dict[str, Any], keep: int = 2) -> Path:
     """Write a training checkpoint atomically; refuse weights with NaN/inf.
 
-    Once the new file is fully written, the checkpoint it replaces becomes ``previous.pt``
-    (a hard link, so ``path`` itself is never missing)."""
+    ``keep`` bounds how many checkpoints the folder holds: once the new file is fully written,
+    the one it replaces becomes ``previous.pt`` (``keep`` ≥ 2; a hard link, so ``path`` itself
+    is never missing) or is dropped (``keep`` = 1: the atomic write still protects it until the
+    new one is complete); ``keep`` > 2 also keeps the newest checkpoints as ``step_<n>.pt``
+    (hard links of the same files, ``keep`` of them in all, ``last.pt``'s and ``previous.pt``'s
+    included). The free space is checked before writing: a checkpoint that cannot fit is refused
+    with one sentence and nothing is touched."""
     path = Path(path)
     bad = non_finite_tensors(checkpoint["model"])
     if bad:
@@ -114,13 +120,54 @@ def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> Path:
     payload["digest"] = contents_digest(payload)
     for stale in path.parent.glob(f".{path.name}.*.tmp"):  # left by a process killed mid-write
         stale.unlink(missing_ok=True)
+    check_free_space(path, payload)
 
     def write(tmp: str) -> None:
         with open(tmp, "wb") as fh:  # a file object: a full disk surfaces as OSError(ENOSPC)
             torch.save(payload, fh)
-        _keep_as_previous(path)
+        if keep >= 2:
+            _keep_as_previous(path)
 
-    return atomic_write(path, write)
+    atomic_write(path, write)
+    if keep == 1:
+        path.with_name(PREVIOUS_NAME).unlink(missing_ok=True)
+    if keep > 2:
+        _keep_steps(path, int(checkpoint.get("position", {}).get("step", 0)), keep)
+    return path
+
+
+def _tensor_bytes(value: Any) -> int:
+    if torch.is_tensor(value):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
+
+
+def check_free_space(path: Path, payload: dict[str, Any]) -> None:
+    """Refuse to start writing a checkpoint that cannot fit (its tensors plus 5 % and 1 MiB of
+    archive overhead), so a nearly full disk stops the run before the write, not during it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    needed = int(_tensor_bytes(payload) * 1.05) + (1 << 20)
+    free = shutil.disk_usage(path.parent).free
+    if free < needed:
+        kept = f"the previous {path.name} is unchanged" if path.exists() else "nothing was written"
+        raise DiskFullError(path, kept, reason=f"it needs about {needed / 2**20:.0f} MiB and "
+                                               f"{free / 2**20:.0f} MiB are free")
+
+
+def _keep_steps(path: Path, step: int, keep: int) -> None:
+    """Link ``path`` as ``step_<step>.pt`` and drop all but the newest ``keep`` such links."""
+    snapshot = path.with_name(f"step_{step:09d}.pt")
+    snapshot.unlink(missing_ok=True)
+    try:
+        os.link(path, snapshot)
+    except OSError:  # no hard links here: a copy would double the disk use, so keep none
+        return
+    for old in sorted(path.parent.glob("step_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
 
 
 def _keep_as_previous(path: Path) -> None:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,14 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def elastic_restart() -> int:
+    """How many times torchrun has restarted this job (``--max-restarts``); 0 on a first start.
+
+    After a restart every process starts the same command again; a run then continues from its
+    last checkpoint by itself, as ``--resume auto`` would."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def init_distributed(device_type: str) -> DistEnv:
     """Join the process group when launched by torchrun (``WORLD_SIZE`` > 1); no-op otherwise."""
     world_size = env_world_size()
@@ -67,8 +75,23 @@ def init_distributed(device_type: str) -> DistEnv:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend=backend, timeout=datetime.timedelta(minutes=30))
+        timeout = datetime.timedelta(minutes=30)
+        dist.init_process_group(backend=backend, store=_attempt_store(rank, world_size, timeout),
+                                rank=rank, world_size=world_size, timeout=timeout)
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank)
+
+
+def _attempt_store(rank: int, world_size: int, timeout: datetime.timedelta) -> dist.Store:
+    """The rendezvous store of this start, its keys prefixed by torchrun's restart count.
+
+    After a restart (``--max-restarts``) the processes of the new attempt could otherwise read
+    the addresses the dead attempt published in the same store and fail to connect ("Connection
+    refused"); a prefix per attempt keeps them apart. Under torchrun the agent hosts the store;
+    launched by hand (``MASTER_ADDR``/``MASTER_PORT``) rank 0 hosts it, as ``env://`` does."""
+    agent_hosts = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size,
+                          is_master=not agent_hosts and rank == 0, timeout=timeout)
+    return dist.PrefixStore(f"transkd/attempt_{elastic_restart()}", store)
 
 
 def cleanup_distributed(env: DistEnv) -> None:
@@ -158,12 +181,57 @@ class EpochSampler(Sampler[tuple[int, int]]):
         return self.per_rank - self.skip
 
 
+class StreamSampler(Sampler[tuple[int, int]]):
+    """A second data stream (unlabelled images) read alongside the epochs of the first.
+
+    The stream runs through its own seeded per-epoch shuffles (an :class:`EpochSampler`: sharded
+    over ranks, every rank the same count), one after another without end; ``set_window(start,
+    count)`` makes the next iterator yield ``count`` ``(epoch, index)`` pairs from position
+    ``start`` of this rank's stream. The trainer derives ``start`` from the labelled position
+    alone (batches consumed × images per batch), so a resumed run reads exactly the images the
+    uninterrupted one would have, with no extra state in the checkpoint.
+    """
+
+    def __init__(self, length: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        self.epochs = EpochSampler(length, seed, rank, world_size)
+        self.start = 0
+        self.count = 0
+
+    @property
+    def per_rank(self) -> int:
+        return self.epochs.per_rank
+
+    def set_window(self, start: int, count: int) -> None:
+        self.start, self.count = start, count
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        per_rank = self.epochs.per_rank
+        position, end = self.start, self.start + self.count
+        while position < end:
+            epoch, offset = divmod(position, per_rank)
+            self.epochs.set_epoch(epoch)
+            indices = self.epochs.indices()[offset:offset + end - position]
+            yield from ((epoch, i) for i in indices)
+            position += len(indices)
+
+    def __len__(self) -> int:
+        return self.count
+
+
 class EpochIndexedDataset(Dataset):
     """Takes ``(epoch, index)`` keys and sets the wrapped dataset's epoch before reading, so the
-    per-sample augmentation seed ``[seed, epoch, index]`` is right in every worker process."""
+    per-sample augmentation seed ``[seed, epoch, index]`` is right in every worker process.
+
+    Each worker also notes, in memory shared with the trainer, its pid and the sample it is
+    reading, so a worker that dies (killed, out of memory, a crash in a decoder) can be named
+    with the file it was reading (:meth:`reading`)."""
+
+    MAX_WORKERS = 256
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
+        # [worker id] -> (pid, sample index or -1); shared with the worker processes.
+        self.slots = torch.full((self.MAX_WORKERS, 2), -1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -172,7 +240,19 @@ class EpochIndexedDataset(Dataset):
         epoch, index = key
         if self.dataset.epoch != epoch:
             self.dataset.set_epoch(epoch)
-        return self.dataset[index]
+        worker = get_worker_info()
+        slot = self.slots[worker.id] if worker is not None and worker.id < self.MAX_WORKERS else None
+        if slot is not None:
+            slot[0], slot[1] = os.getpid(), index
+        sample = self.dataset[index]
+        if slot is not None:
+            slot[1] = -1
+        return sample
+
+    def reading(self, pids: set[int] | None = None) -> list[tuple[int, int, int]]:
+        """``(worker id, pid, sample index)`` of the workers caught mid-read (of ``pids`` if given)."""
+        return [(worker, int(pid), int(index)) for worker, (pid, index) in enumerate(self.slots.tolist())
+                if index >= 0 and (pids is None or pid in pids)]
 
 
 class ShardSampler(Sampler[int]):

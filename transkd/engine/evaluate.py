@@ -104,7 +104,7 @@ def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: i
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index: int = 255,
              inference: InferenceOptions | None = None, device: torch.device | str = "cpu",
              amp_dtype: torch.dtype | None = None, progress: bool = False,
-             per_image: bool = False) -> dict:
+             reference: nn.Module | None = None, per_image: bool = False) -> dict:
     """Metrics of ``model`` over ``loader`` batches ``{"image", "label"}``, at the label resolution.
 
     A model with more outputs than ``num_classes`` (the extra void class) is scored on its first
@@ -112,6 +112,10 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     CPU tensor, ground truth × prediction), summed over processes when distributed. ``per_image``
     adds ``"per_image_confusion"`` (N, K, K) in loader order, this process's images only: the
     report's confidence intervals resample images.
+
+    ``reference`` (a teacher): its predictions, made the same way, replace the labels, so the
+    numbers measure agreement with it (pixel agreement and the mIoU of ``model``'s predictions
+    against ``reference``'s), for images nobody labelled; ``"label"`` then only gives the size.
     """
     images_confusion: list[torch.Tensor] = []
     inference = (inference or InferenceOptions()).validate()
@@ -119,6 +123,11 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
     was_training = model.training
     model.eval()
+    reference_training = reference is not None and reference.training
+    if reference is not None:
+        reference.eval()
+    predict = dict(mode=inference.mode, crop=inference.crop, stride=inference.stride,
+                   scales=inference.scales, flip=inference.flip)
     total = len(loader) if hasattr(loader, "__len__") else 0
     bar = Progress(total, description="evaluate", unit="batch", enabled=progress and total > 0,
                    interval=max(1, total // 10), quiet_for=10.0)
@@ -130,9 +139,10 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
                 images = batch["image"].to(device, non_blocking=True)
                 labels = batch["label"].to(device, non_blocking=True)
                 with autocast:
-                    logits = predict_logits(model, images, mode=inference.mode, crop=inference.crop,
-                                            stride=inference.stride, scales=inference.scales,
-                                            flip=inference.flip, out_size=labels.shape[-2:])
+                    logits = predict_logits(model, images, **predict, out_size=labels.shape[-2:])
+                    if reference is not None:
+                        labels = predict_logits(reference, images, **predict,
+                                                out_size=labels.shape[-2:])[:, :num_classes].argmax(1)
                 if logits.shape[1] < num_classes:
                     raise ValueError(f"the model gives {logits.shape[1]} outputs but the dataset has "
                                      f"{num_classes} classes")
@@ -144,6 +154,8 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     finally:
         bar.close()
         model.train(was_training)
+        if reference is not None:
+            reference.train(reference_training)
     cm.all_reduce()
     result = cm.metrics()
     result["confusion"] = cm.mat.cpu()

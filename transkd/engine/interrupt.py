@@ -1,4 +1,11 @@
-"""Ctrl-C and SIGTERM as a request to stop at the next step boundary.
+"""Ctrl-C, SIGTERM and SIGUSR1 as a request to stop at the next step boundary.
+
+SIGTERM is what Kubernetes, Docker and SLURM send before they kill a job; SIGUSR1 is what SLURM
+sends ahead of the time limit when asked to (``#SBATCH --signal=B:USR1@120``). Every rank of a
+torchrun job stops at the same step (the flag is OR-ed across ranks), the run's checkpoint holds
+every rank's random state, and the command exits with ``128 + signal number`` (130 after Ctrl-C,
+143 after SIGTERM, 138 after SIGUSR1), so a job script can tell a pre-emption from a failure and
+requeue; the next start with ``--resume auto`` continues exactly.
 
 A ``KeyboardInterrupt`` raised wherever the signal lands can be lost: Python swallows (and
 only prints) an exception raised in a finaliser or a weak-reference callback, and a library may
@@ -16,8 +23,17 @@ import signal
 import threading
 from types import FrameType
 
-#: Signals that stop a run: Ctrl-C and the scheduler's pre-emption notice.
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+#: Signals that stop a run: Ctrl-C and the schedulers' pre-emption notices.
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1")
+                     if hasattr(signal, name))
+
+
+def exit_code(signal_name: str | None) -> int:
+    """The shell's code for a process stopped by ``signal_name`` (130 when unknown: Ctrl-C)."""
+    try:
+        return 128 + int(signal.Signals[signal_name]) if signal_name else 130
+    except KeyError:
+        return 130
 NOTICE = b"\nstopping after the current step (send the signal again to stop at once)\n"
 
 

@@ -4,7 +4,10 @@ writes anything.
 
 JSONL records carry ``"kind"``: ``"train"`` (every loss term, lr, step/data time), ``"val"``
 (mIoU, pixel accuracy, per-class IoU), ``"teacher_val"`` (the teacher's own score, logged once
-at the start of distillation), ``"event"`` (skipped non-finite steps, interruption, resume).
+at the start of distillation), ``"agreement"`` (validation without a labelled split: the
+student's agreement with the teacher), ``"data"`` (labelled and unlabelled images each epoch
+used, in runs with unlabelled images), ``"event"`` (skipped non-finite steps, interruption,
+resume, the run's data).
 """
 
 from __future__ import annotations
@@ -84,7 +87,7 @@ def drop_partial_record(path: Path) -> None:
 
 
 # Records that measure a step; an event (resumed, skipped, stopped) is history and always kept.
-MEASUREMENT_KINDS = ("train", "val", "teacher_val")
+MEASUREMENT_KINDS = ("train", "val", "teacher_val", "agreement", "data")
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

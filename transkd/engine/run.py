@@ -19,6 +19,7 @@ new files, and ``config.yaml`` goes back to what it was). Run folder layout::
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..config import Config
+from ..config import NO_DATASET, Config
 from ..data.protocols import ProtocolOptions
 from ..distill import needs_teacher
 from ..errors import CheckpointError, ConfigError
@@ -38,8 +39,10 @@ from ..models import create_model
 from ..weights.io import atomic_write, load_state_strict
 from . import build
 from .checkpoint import LAST_NAME, resolve_resume, verify_resume
-from .distributed import DistEnv, barrier, init_distributed
+from .distributed import DistEnv, barrier, elastic_restart, init_distributed
+from .lock import LOCK_NAME, RunLock, check_not_in_use
 from .trainer import RunResult, Trainer, seed_everything
+from .unlabelled import agreement_images, training_frame, transformed_unlabelled
 
 
 @dataclass
@@ -105,20 +108,33 @@ def plan_run(config: Config, resume: str | None = None, env: DistEnv | None = No
         raise ConfigError("config key 'train.sync_bn' needs CUDA: PyTorch's SyncBatchNorm does not "
                           "run on the CPU (use train.freeze_bn or a larger per-process batch)")
     run_dir = Path(config.output.dir) if config.output.dir else default_run_dir(config)
+    if env.is_main:
+        check_not_in_use(run_dir)
+    if resume is None and elastic_restart() > 0:
+        resume = "auto"  # torchrun restarted the job after a process failed: continue it
     resume_path = resolve_resume(resume, run_dir / "checkpoints")
     resume_note = resume_state = None
     if resume_path is not None:
         resume_path, resume_note, resume_state = verify_resume(resume_path)
+    if elastic_restart() > 0:
+        restart = f"torchrun restarted the job (restart {elastic_restart()})"
+        restart += (": continuing from its last checkpoint" if resume_path is not None
+                    else ": no checkpoint was written yet, starting again")
+        resume_note = f"{restart}; {resume_note}" if resume_note else restart
     check_output_dir(run_dir, resuming=resume is not None)
     if config.model.init is not None and not Path(config.model.init).is_file():
         raise ConfigError(f"model.init {config.model.init} does not exist")
-    bundle = build.open_datasets(config)
+    teacher = None
+    if config.data.name == NO_DATASET:  # the classes are the teacher's
+        teacher = build.load_teacher(config, None)
+    bundle = build.open_datasets(config, teacher=teacher)
     build.check_batch_fits(config, bundle, env.world_size)
     if config.model.init is not None:  # a damaged or misfitting file fails before any output
         build.build_network(config, bundle.num_outputs)
     if resume_state is not None:
         _check_resume_fits(config, bundle.num_outputs, resume_path, resume_state)
-    teacher = build.load_teacher(config, bundle) if needs_teacher(config.distill.method) else None
+    if teacher is None and needs_teacher(config.distill.method):
+        teacher = build.load_teacher(config, bundle)
     return RunPlan(config, run_dir, resume_path, bundle, teacher, env, device, resume_note)
 
 
@@ -210,7 +226,7 @@ class StartGuard:
             shutil.rmtree(self.created, ignore_errors=True)
             return
         for path in self.run_dir.iterdir():
-            if path.name not in self.existing:
+            if path.name not in self.existing and path.name != LOCK_NAME:
                 if path.is_dir():
                     shutil.rmtree(path, ignore_errors=True)
                 else:
@@ -243,34 +259,57 @@ def execute(plan: RunPlan, announce: Callable[[str], None] | None = None, progre
     ``on_step`` go to the :class:`Trainer`. A failure before the first checkpoint leaves the
     output folder as it was (see :class:`StartGuard`)."""
     guard = StartGuard(plan.run_dir) if plan.env.is_main else None
-    try:
-        return _execute(plan, announce, progress, on_step)
-    except BaseException:
-        if guard is not None:
-            guard.undo()
-        raise
+    # The main process holds the folder's lock while it trains; a refusal writes nothing.
+    with RunLock(plan.run_dir) if plan.env.is_main else contextlib.nullcontext():
+        try:
+            return _execute(plan, announce, progress, on_step)
+        except BaseException:
+            if guard is not None:
+                guard.undo()
+            raise
 
 
 def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bool,
              on_step: Callable[[], None] | None) -> RunResult:
     config, env = plan.config, plan.env
+    seed_everything(config.train.seed)
+    student = build.build_network(config, plan.bundle.num_outputs)
+    note = build.adopt_student_normalisation(config, student)  # before the pipeline is built
+    if note is not None and announce is not None and env.is_main:
+        announce(note)
     barrier(env)  # every rank has checked the output folder before the first one writes to it
     if env.is_main:
         plan.run_dir.mkdir(parents=True, exist_ok=True)
         (plan.run_dir / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     barrier(env)
-    seed_everything(config.train.seed)
-    student = build.build_network(config, plan.bundle.num_outputs)
     criterion = build.criterion_for(config, plan.bundle, plan.device)
     distiller = build.build_distiller(config, student, plan.teacher, criterion)
     if env.enabled:  # different dropout/drop-path draws per rank, same initial weights
         seed_everything(config.train.seed + env.rank)
     train_set, val_set = build.transformed(plan.bundle, config)
+    unlabelled = plan.bundle.unlabelled
+    unlabelled_set, counts = None, {}
+    if unlabelled is not None:
+        frame = training_frame(config, plan.bundle.train, unlabelled.images)
+        unlabelled_set = transformed_unlabelled(config, unlabelled.images, plan.bundle.num_classes,
+                                                frame)
+        counts = {"labelled_images": len(plan.bundle.train) if plan.bundle.train is not None else 0,
+                  "unlabelled_images": len(unlabelled.images),
+                  "unreadable_skipped": len(unlabelled.skipped)}
+        if announce is not None and env.is_main:
+            announce(unlabelled.describe())
+    agreement = val_set is None
+    if agreement:  # no labelled split: the student's agreement with the teacher
+        picked = agreement_images(config, unlabelled.images)
+        frame = None if (config.protocol.protocol().fixed_input_size() is not None
+                         or config.eval.batch_size == 1) else picked.size(0)
+        val_set = transformed_unlabelled(config, picked, plan.bundle.num_classes, frame, train=False)
     trainer = Trainer(config, distiller, train_set, val_set, num_classes=plan.bundle.num_classes,
                       run_dir=plan.run_dir if env.is_main else None, env=env, device=plan.device,
                       resume=plan.resume,
                       metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce,
-                      progress=progress, on_step=on_step,
+                      progress=progress, on_step=on_step, unlabelled_set=unlabelled_set,
+                      agreement=agreement, data_counts=counts,
                       select_set=build.transformed_selection(plan.bundle, config))
     trainer.prepare()  # training MACs measured, a budget turned into steps
     config.schedule.check_length(trainer.total_steps)

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, parse_budget
 from ..data.selection import HOLDOUT, LAST, VAL, parse_selection
 from ..distill import Distiller
-from ..errors import ConfigError, DiskFullError, TranskdError
+from ..errors import ConfigError, DatasetError, DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..progress import Progress
 from ..weights.io import atomic_write, deployable_file_name, load_state_strict
@@ -48,11 +48,13 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .compute import budget_steps, calibrate_step_seconds, measure_training_macs
+from .data_faults import data_fault
 from .distributed import (
     DistEnv,
     EpochIndexedDataset,
     EpochSampler,
     ShardSampler,
+    StreamSampler,
     any_true,
     mean_over_ranks,
     wrap_ddp,
@@ -64,6 +66,8 @@ from .schedule import LRSchedule, ScheduleSpec
 
 #: Folder of a run holding the reported checkpoint's per-image confusion matrices.
 PER_IMAGE_DIR = "evaluation"
+#: What validation measures when no labelled split exists (the name used wherever it is shown).
+AGREEMENT = "agreement with teacher"
 
 
 class NonFiniteLossError(TranskdError):
@@ -87,6 +91,7 @@ class RunResult:
     best_weights: Path | None
     last_weights: Path | None
     extra: dict[str, Any] = field(default_factory=dict)
+    stopped_by: str | None = None  # the signal that interrupted it (e.g. "SIGTERM"), if this rank saw one
 
 
 @dataclass
@@ -144,6 +149,11 @@ class Trainer:
     """Runs one training job on an assembled Distiller and datasets.
 
     ``train_set``/``val_set`` are protocol-transformed datasets (``TransformedDataset``);
+    ``unlabelled_set`` (an ``UnlabelledTransformedDataset``) adds ``data.unlabelled_ratio``
+    unlabelled images to every labelled batch, read as a second stream (:class:`StreamSampler`)
+    whose position follows from the labelled one; without ``train_set`` the unlabelled images are
+    the only stream. ``agreement``: ``val_set`` holds unlabelled images, and validation measures
+    the student's agreement with the teacher instead of accuracy against labels;
     ``metadata`` is written into the exported deployable network (dataset classes, palette,
     protocol) so the file alone is enough for prediction. ``progress`` turns the step bar (or,
     off a terminal, the progress lines) on or off; ``on_step`` is called after every step (the
@@ -155,8 +165,13 @@ class Trainer:
                  device: torch.device | str = "cpu", resume: Path | None = None,
                  metadata: dict[str, Any] | None = None,
                  announce: Callable[[str], None] | None = None, progress: bool = True,
-                 on_step: Callable[[], None] | None = None, select_set=None) -> None:
+                 on_step: Callable[[], None] | None = None, unlabelled_set=None,
+                 agreement: bool = False, data_counts: dict[str, int] | None = None,
+                 select_set=None) -> None:
         self.config = config
+        self.unlabelled_set = unlabelled_set
+        self.agreement = agreement
+        self.data_counts = data_counts or {}
         #: What chooses best/ (data.selection) and the held-out images it uses, if any.
         self.selection = parse_selection(config.data.selection)
         self.select_set = select_set
@@ -185,8 +200,18 @@ class Trainer:
         train = config.train
         self.batch_size = train.batch_size
         self.accum = train.grad_accum
-        self.sampler = EpochSampler(len(train_set), seed=train.seed, rank=self.env.rank,
+        #: Whether the epoch stream carries labels (else it is the unlabelled images alone).
+        self.primary_labelled = train_set is not None
+        primary = train_set if train_set is not None else unlabelled_set
+        self.primary_set = primary
+        self.sampler = EpochSampler(len(primary), seed=train.seed, rank=self.env.rank,
                                     world_size=self.env.world_size)
+        #: Unlabelled images beside each labelled batch (0: none, or they are the epoch stream).
+        self.unlabelled_per_batch = (round(self.batch_size * config.data.unlabelled_ratio)
+                                     if train_set is not None and unlabelled_set is not None else 0)
+        self.stream = (StreamSampler(len(unlabelled_set), seed=train.seed, rank=self.env.rank,
+                                     world_size=self.env.world_size)
+                       if self.unlabelled_per_batch else None)
         batches_per_epoch = self.sampler.per_rank // self.batch_size
         self.steps_per_epoch = batches_per_epoch // self.accum
         if self.steps_per_epoch < 1:
@@ -204,16 +229,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
 
-    def _loaders(self) -> tuple[DataLoader, DataLoader]:
+    def _loaders(self) -> tuple[DataLoader, DataLoader, DataLoader | None]:
         workers = self.config.train.num_workers
         common: dict[str, Any] = dict(num_workers=workers, pin_memory=self.device.type == "cuda",
                                       persistent_workers=workers > 0)
         if workers > 0:
             common["prefetch_factor"] = 4
         seed = self.config.train.seed
-        train_loader = DataLoader(EpochIndexedDataset(self.train_set), batch_size=self.batch_size,
+        self.indexed_train = EpochIndexedDataset(self.primary_set)
+        train_loader = DataLoader(self.indexed_train, batch_size=self.batch_size,
                                   sampler=self.sampler, drop_last=True,
                                   generator=torch.Generator().manual_seed(seed), **common)
+        unlabelled_loader = None
+        if self.stream is not None:
+            unlabelled_loader = DataLoader(EpochIndexedDataset(self.unlabelled_set),
+                                           batch_size=self.unlabelled_per_batch, sampler=self.stream,
+                                           drop_last=True,
+                                           generator=torch.Generator().manual_seed(seed), **common)
         val_sampler = ShardSampler(len(self.val_set), self.env.rank, self.env.world_size)
         val_loader = DataLoader(self.val_set, batch_size=self.config.eval.batch_size,
                                 sampler=val_sampler, generator=torch.Generator().manual_seed(seed),
@@ -224,13 +256,14 @@ class Trainer:
                 self.select_set, batch_size=self.config.eval.batch_size,
                 sampler=ShardSampler(len(self.select_set), self.env.rank, self.env.world_size),
                 generator=torch.Generator().manual_seed(seed), **common)
-        return train_loader, val_loader
+        return train_loader, val_loader, unlabelled_loader
 
     # ------------------------------------------------------------------ compute and budget
 
     @property
     def images_per_step(self) -> int:
-        return self.batch_size * self.accum * self.env.world_size
+        """Images through the networks per optimiser step, unlabelled ones included."""
+        return (self.batch_size + self.unlabelled_per_batch) * self.accum * self.env.world_size
 
     def prepare(self) -> None:
         """Measure the training MACs and turn ``train.budget`` into a number of steps (once)."""
@@ -239,8 +272,8 @@ class Trainer:
         self._prepared = True
         self.distiller.to(self.device)
         try:
-            self.compute = measure_training_macs(self.distiller, self.train_set, self.device)
-        except (TranskdError, RuntimeError, ValueError, TypeError) as exc:  # a network the counter
+            self.compute = measure_training_macs(self.distiller, self.primary_set, self.device)
+        except (TranskdError, RuntimeError, ValueError, TypeError, KeyError) as exc:  # a network the counter
             # cannot run on one image in eval mode: the run trains, its compute says why n/a
             if self.budget is not None and self.budget.kind == "macs":
                 raise ConfigError(f"config key 'train.budget' counts training MACs, which could not "
@@ -259,7 +292,7 @@ class Trainer:
             if saved.get("budget"):  # a resumed run keeps the length it was planned with
                 record = dict(saved["budget"])
             else:
-                seconds = calibrate_step_seconds(self.distiller, self.train_set, self.batch_size,
+                seconds = calibrate_step_seconds(self.distiller, self.primary_set, self.batch_size,
                                                  self.accum, self.device)
                 # every process must plan the same number of steps
                 record["calibrated_step_seconds"] = mean_over_ranks({"s": seconds}, self.env,
@@ -308,7 +341,7 @@ class Trainer:
         schedule = self._schedule(optimizer)
         scaler = torch.amp.GradScaler(self.device.type, enabled=config.train.precision == "fp16")
         model = wrap_ddp(distiller, self.env, self.device, config.train.find_unused_parameters)
-        train_loader, val_loader = self._loaders()
+        train_loader, val_loader, self.unlabelled_loader = self._loaders()
         logger = MetricsLogger(self.run_dir, enabled=self.is_main, tensorboard=config.train.tensorboard)
 
         try:
@@ -325,12 +358,15 @@ class Trainer:
         self.last_val: dict[str, Any] | None = None
         self.teacher_val: dict[str, Any] | None = None
         self.skipped = 0
+        self.bad_samples = 0
+        self.logger = logger
         self.elapsed_before = 0.0
         self.step_seconds = 0.0
         self.last_select: dict[str, Any] | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
         self.reported: dict[str, Any] | None = None
         self.checkpoint_path: Path | None = None
+        self.agreed_stop = False
         self.best_weights: Path | None = None
         self.last_weights: Path | None = None
         rng_state = None
@@ -339,7 +375,8 @@ class Trainer:
             logger.log("event", self.position.step, event="resumed", checkpoint=str(self.resume),
                        epoch=self.position.epoch, batch=self.position.batch)
 
-        if (self.teacher_val is None and distiller.teacher is not None
+        self._log_data_plan(logger)
+        if (self.teacher_val is None and distiller.teacher is not None and not self.agreement
                 and config.distill.eval_teacher):
             self.teacher_val = self._evaluate(distiller.teacher_on_student_inputs(), val_loader)
             logger.log("teacher_val", self.position.step, **_public(self.teacher_val))
@@ -364,12 +401,25 @@ class Trainer:
             if self.checkpoint_path is None:
                 raise
             raise DiskFullError(exc.path, exc.kept, "free some space and continue the run with "
-                                "--resume auto") from None
+                                "--resume auto", exc.reason) from None
+        except (DatasetError, RuntimeError) as exc:
+            # A worker's error, or its death (reported wherever the trainer happens to be).
+            fault = data_fault(exc, self.indexed_train)
+            if not isinstance(fault, DatasetError):
+                raise
+            last = (f"the last checkpoint, {self.checkpoint_path}, is intact: fix or remove the file "
+                    "and continue with --resume auto" if self.checkpoint_path is not None
+                    else "no checkpoint was written yet")
+            raise DatasetError(f"training stopped at step {self.position.step + 1}: {fault} ({last}; "
+                               "data.skip_bad_samples=true trains on the next sample instead)") from None
         except KeyboardInterrupt:
             status = "interrupted"
             optimizer.zero_grad(set_to_none=True)
-            if self.is_main:
-                self._save(optimizer, schedule, scaler, start, export=False)
+            # Every rank saves together when they agreed to stop at this step; a second signal
+            # ("stop at once") may have caught the ranks apart, so then the main one saves alone.
+            if self.is_main or self.agreed_stop:
+                self._save(optimizer, schedule, scaler, start, export=False,
+                           gather=self.agreed_stop)
                 logger.log("event", self.position.step, event="interrupted",
                            checkpoint=str(self.checkpoint_path))
         finally:
@@ -379,15 +429,19 @@ class Trainer:
             if self.selection.mode != LAST and (latest is None
                                                 or latest.get("step") != self.position.step):
                 self._validate(val_loader, logger)
-            if self.is_main:
-                self._save(optimizer, schedule, scaler, start, export=True)
+            self._save(optimizer, schedule, scaler, start, export=True)
             if self.selection.mode != VAL:
                 self._report_once(val_loader, logger)
         seconds = self.elapsed_before + time.perf_counter() - start
+        if self.env.enabled:  # each rank counted what it read
+            self.bad_samples = round(mean_over_ranks({"n": float(self.bad_samples)}, self.env,
+                                                     self.device)["n"] * self.env.world_size)
         best = self.best if self.selection.mode == VAL else self.reported
         result = RunResult(self.run_dir, status, self.position.step, self.total_steps, best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
-                           self.checkpoint_path, self.best_weights, self.last_weights)
+                           self.checkpoint_path, self.best_weights, self.last_weights,
+                           stopped_by=self.stop.requested if status == "interrupted" else None,
+                           extra={"validation": AGREEMENT if self.agreement else "labelled"})
         if self.is_main:
             self._write_summary(result)
         return result
@@ -402,9 +456,15 @@ class Trainer:
             self._check_stop()
             self.sampler.set_epoch(pos.epoch, skip=pos.batch * self.batch_size)
             batches = iter(train_loader)
+            unlabelled = None
+            if self.stream is not None:
+                per = self.unlabelled_per_batch
+                self.stream.set_window((pos.epoch * per_epoch_batches + pos.batch) * per,
+                                       (per_epoch_batches - pos.batch) * per)
+                unlabelled = iter(self.unlabelled_loader)
             self._set_train_mode()
             while pos.batch < per_epoch_batches and pos.step < self.total_steps:
-                stats = self._train_step(model, optimizer, scaler, batches)
+                stats = self._train_step(model, optimizer, scaler, batches, unlabelled)
                 pos.step += 1
                 pos.batch += self.accum
                 self.rng_at_step = capture_rng_state()  # an interrupt later resumes from here
@@ -439,6 +499,8 @@ class Trainer:
                                          optimizer, schedule, scaler, start)
                 if pos.step < self.total_steps:
                     self._check_stop()
+            if pos.batch >= per_epoch_batches or pos.step >= self.total_steps:
+                self._log_epoch_data(logger, pos.epoch, pos.batch)
             if pos.batch >= per_epoch_batches:
                 pos.epoch += 1
                 pos.batch = 0
@@ -446,12 +508,44 @@ class Trainer:
                     self._after_interval(pos.epoch, pos.step >= self.total_steps, val_loader,
                                          logger, optimizer, schedule, scaler, start)
 
+    def _log_data_plan(self, logger: MetricsLogger) -> None:
+        """Once per process start: how many images of each kind the run has, and which loss
+        terms see only the labelled ones."""
+        if self.unlabelled_set is None:
+            return
+        skipped = self.distiller.label_terms()
+        logger.log("event", self.position.step, event="data", **self.data_counts,
+                   unlabelled_per_batch=self.unlabelled_per_batch,
+                   labelled_only_terms={"task": ["ce"], **{k: list(v) for k, v in skipped.items()}})
+        if self.announce is not None and self.is_main and self.primary_labelled:
+            terms = ["the task loss ce"] + [f"{name}'s {', '.join(t)}" for name, t in skipped.items()]
+            self.announce(f"computed on labelled images only, skipped on unlabelled ones: "
+                          f"{'; '.join(terms)}")
+        elif self.announce is not None and self.is_main:
+            self.announce("no labelled images: the task loss ce is 0 and every other term is "
+                          "computed on the unlabelled images")
+
+    def _log_epoch_data(self, logger: MetricsLogger, epoch: int, batches: int) -> None:
+        """How many labelled and unlabelled images epoch ``epoch`` used (over every process),
+        from its position alone, so a resumed epoch counts the same as an uninterrupted one."""
+        if self.unlabelled_set is None:
+            return
+        drawn = batches * self.env.world_size
+        labelled = drawn * self.batch_size if self.primary_labelled else 0
+        unlabelled = drawn * (self.unlabelled_per_batch if self.primary_labelled else self.batch_size)
+        logger.log("data", self.position.step, epoch=epoch, labelled_images=labelled,
+                   unlabelled_images=unlabelled)
+        if self.announce is not None and self.is_main:
+            self.announce(f"epoch {epoch}: trained on {labelled} labelled and {unlabelled} "
+                          f"unlabelled images")
+
     def _check_stop(self) -> None:
         """Stop here (a step boundary) if Ctrl-C or SIGTERM arrived on any process."""
         requested = self.stop.requested is not None
         if self.env.enabled:
             requested = any_true(requested, self.env, self.device)
         if requested:
+            self.agreed_stop = True  # every rank raises here, at the same step
             raise KeyboardInterrupt
 
     def _after_interval(self, count: int, final: bool, val_loader, logger, optimizer, schedule,
@@ -464,7 +558,7 @@ class Trainer:
         if count % train.val_interval == 0:
             self._validate(val_loader, logger)
             self._set_train_mode()
-        if count % train.checkpoint_interval == 0 and self.is_main:
+        if count % train.checkpoint_interval == 0:
             self._save(optimizer, schedule, scaler, start, export=True)
 
     def _set_train_mode(self) -> None:
@@ -473,7 +567,7 @@ class Trainer:
             freeze_batchnorm(self.distiller.student)
             freeze_batchnorm(self.distiller.methods)
 
-    def _train_step(self, model, optimizer, scaler, batches) -> dict[str, float] | None:
+    def _train_step(self, model, optimizer, scaler, batches, unlabelled=None) -> dict[str, float] | None:
         """One optimiser step over ``grad_accum`` micro-batches; None if skipped (non-finite)."""
         device, accum = self.device, self.accum
         sums: dict[str, torch.Tensor] = {}
@@ -485,16 +579,33 @@ class Trainer:
         for micro in range(accum):
             fetch = time.perf_counter()
             batch = next(batches)
+            images, labels = batch["image"], batch["label"]
+            labelled = None
+            if unlabelled is not None:
+                extra = next(unlabelled)
+                labelled = torch.cat([torch.ones(len(images), dtype=torch.bool),
+                                      torch.zeros(len(extra["image"]), dtype=torch.bool)])
+                images = torch.cat([images, extra["image"]])
+                labels = torch.cat([labels, extra["label"]])
+            elif not self.primary_labelled:
+                labelled = torch.zeros(len(images), dtype=torch.bool)
             data_time += time.perf_counter() - fetch
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
+            skipped = [text for text in batch.get("skipped", ()) if text]
+            if skipped:
+                self.bad_samples += len(skipped)
+                self.logger.log("event", self.position.step + 1, event="bad_samples_skipped",
+                                count=len(skipped), errors=skipped, skipped_total=self.bad_samples)
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if labelled is not None:
+                labelled = labelled.to(device, non_blocking=True)
             if self.config.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = micro == accum - 1
             no_sync = model.no_sync() if (self.env.enabled and not sync) else contextlib.nullcontext()
             with no_sync:
                 with autocast:
-                    out = model(images, labels)
+                    out = model(images, labels, labelled)
                 terms = {k: v for k, v in out.items() if k != "logits"}
                 finite = bool(torch.isfinite(terms["loss"]).item())
                 if any_true(not finite, self.env, device):
@@ -530,7 +641,8 @@ class Trainer:
         stats = dict(zip(keys, values))
         stats["step_time"] = time.perf_counter() - step_start
         stats["data_time"] = data_time
-        stats["images_per_s"] = self.batch_size * accum * self.env.world_size / stats["step_time"]
+        per_batch = self.batch_size + self.unlabelled_per_batch
+        stats["images_per_s"] = per_batch * accum * self.env.world_size / stats["step_time"]
         return stats
 
     def _zero_backward(self, model) -> None:
@@ -542,9 +654,10 @@ class Trainer:
     def _evaluate(self, network: nn.Module, loader: DataLoader, per_image: bool = False
                   ) -> dict[str, Any]:
         started = time.perf_counter()
+        reference = self.distiller.teacher_on_student_inputs() if self.agreement else None
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
                            inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
-                           progress=self.is_main and self.progress,
+                           progress=self.is_main and self.progress, reference=reference,
                            per_image=per_image and not self.env.enabled)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
@@ -562,7 +675,7 @@ class Trainer:
         metrics.update(step=pos.step, epoch=pos.epoch)
         if on_val:
             self.last_val = metrics
-            logger.log("val", pos.step, **_public(metrics))
+            logger.log("agreement" if self.agreement else "val", pos.step, **_public(metrics))
         else:
             self.last_select = metrics
             logger.log("select", pos.step, split=self.selection.mode, **_public(metrics))
@@ -575,7 +688,12 @@ class Trainer:
                 self.best_weights = self._export("best")
                 if per_image is not None:
                     self._save_per_image(per_image)
-        if self.announce is not None and self.is_main:
+        if self.announce is not None and self.is_main and self.agreement:
+            self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): agreement with "
+                          f"teacher {100 * metrics['miou']:.2f}% (mIoU of student vs teacher "
+                          f"predictions), pixel agreement {100 * metrics['acc']:.2f}% "
+                          f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
+        elif self.announce is not None and self.is_main:
             split = "val" if on_val else "selection (train_holdout)"
             self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): {split} mIoU "
                           f"{100 * metrics['miou']:.2f}%, pixel acc {100 * metrics['acc']:.2f}% "
@@ -602,7 +720,8 @@ class Trainer:
             self.best_weights = self._export("best")  # best/ is the reported network: the last
         for which, metrics in (("last", last), ("best", chosen)):
             fields = {k: v for k, v in _public(metrics).items() if k not in ("step", "epoch")}
-            logger.log("val", pos.step, checkpoint=which, checkpoint_step=metrics["step"],
+            logger.log("agreement" if self.agreement else "val", pos.step, checkpoint=which,
+                       checkpoint_step=metrics["step"],
                        reported=True, **fields)
             if chosen is last:
                 break
@@ -631,23 +750,40 @@ class Trainer:
     def _export(self, which: str) -> Path:
         meta = dict(self.metadata)
         meta.update(step=self.position.step, epoch=self.position.epoch)
-        if self.last_val is not None:
-            meta["val_miou"] = json_safe(self.last_val["miou"])
+        if self.last_val is not None:  # agreement_miou: measured against the teacher, not labels
+            meta["agreement_miou" if self.agreement else "val_miou"] = json_safe(self.last_val["miou"])
         adapters = self.distiller.methods if len(self.distiller.methods) else None
         return export_weights(self.distiller.student, adapters, self.run_dir / which, meta)
 
-    def _save(self, optimizer, schedule, scaler, start: float, export: bool) -> None:
+    def _rank_rng_states(self) -> list[dict[str, Any]]:
+        """Every rank's RNG state at the last step (a collective: all ranks call it)."""
+        if not self.env.enabled:
+            return [self.rng_at_step]
+        states: list[Any] = [None] * self.env.world_size
+        torch.distributed.all_gather_object(states, self.rng_at_step)
+        return states
+
+    def _save(self, optimizer, schedule, scaler, start: float, export: bool, gather: bool = True) -> None:
+        """Write the checkpoint (main process). Called on every rank, at the same step, so that
+        it holds every rank's random state (dropout and drop-path draws differ per rank): a run
+        resumed on the same number of processes then continues exactly. ``gather=False`` only
+        when the ranks may be apart (a second "stop at once" signal)."""
+        rng_ranks = self._rank_rng_states() if gather else [self.rng_at_step]
+        if not self.is_main:
+            return
         checkpoint = {
             "model": self.distiller.state_dict(),
             "optimizer": optimizer.state_dict(),
             "schedule": schedule.state_dict(),
             "scaler": scaler.state_dict() if scaler.is_enabled() else None,
             "rng": self.rng_at_step,
+            "rng_ranks": rng_ranks if len(rng_ranks) > 1 else None,
             "position": {"step": self.position.step, "epoch": self.position.epoch,
                          "batch": self.position.batch},
             "best": self.best,
             "teacher_val": _public(self.teacher_val) if self.teacher_val else None,
             "skipped_steps": self.skipped,
+            "bad_samples": self.bad_samples,
             "elapsed_seconds": self.elapsed_before + time.perf_counter() - start,
             "step_seconds": self.step_seconds,
             "total_steps": self.total_steps,
@@ -656,7 +792,8 @@ class Trainer:
             "method": self.distiller.method_name,
             "student": getattr(self.distiller.student, "model_name", None),
         }
-        self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint)
+        self.checkpoint_path = save_checkpoint(self.run_dir / "checkpoints" / "last.pt", checkpoint,
+                                               keep=self.config.train.keep_checkpoints)
         if export:
             self.last_weights = self._export("last")
 
@@ -676,6 +813,7 @@ class Trainer:
         self.best = checkpoint.get("best")
         self.teacher_val = checkpoint.get("teacher_val")
         self.skipped = int(checkpoint.get("skipped_steps", 0))
+        self.bad_samples = int(checkpoint.get("bad_samples", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
         self.step_seconds = float(checkpoint.get("step_seconds", 0.0))
         self.best_state = checkpoint.get("best_student")
@@ -683,7 +821,10 @@ class Trainer:
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
             best = self.run_dir / "best" / deployable_file_name(distilled=len(self.distiller.methods) > 0)
             self.best_weights = best if best.is_file() else None
-        return checkpoint["rng"]
+        ranks = checkpoint.get("rng_ranks")
+        if ranks and len(ranks) == self.env.world_size:
+            return ranks[self.env.rank]
+        return checkpoint["rng"]  # rank 0's state: another process count, or an older checkpoint
 
     def _compute_record(self, result: RunResult) -> dict[str, Any]:
         """Wall time, time per optimiser step and training MACs (convention in the record)."""
@@ -698,10 +839,12 @@ class Trainer:
     def _write_summary(self, result: RunResult) -> None:
         summary = {
             "status": result.status,
+            "validation": result.extra.get("validation", "labelled"),
             "steps": result.steps,
             "total_steps": result.total_steps,
             "train_seconds": round(result.train_seconds, 3),
             "skipped_steps": result.skipped_steps,
+            "bad_samples_skipped": self.bad_samples,
             "best": result.best,
             "selection": {"mode": self.selection.mode, "fraction": self.selection.fraction or None,
                           "seed": self.selection.seed if self.selection.mode == HOLDOUT else None,

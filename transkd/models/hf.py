@@ -227,5 +227,9 @@ def build_hf(source: str, num_classes: int | None = None, config: dict[str, Any]
         model = getattr(transformers, family.model_class).from_pretrained(
             source, config=hf_config, ignore_mismatched_sizes=rehead, trust_remote_code=False)
         mean, std = _normalisation(source, family)
-    return HFSegmentor(model.eval(), family, name=name, input_mean=input_mean or mean,
-                       input_std=input_std or std)
+    network = HFSegmentor(model.eval(), family, name=name, input_mean=input_mean or mean,
+                          input_std=input_std or std)
+    # Weights trained on images normalised this way: a training run feeds them so (see
+    # normalisation_of); a network rebuilt from a saved configuration starts from fresh weights.
+    network.owns_normalisation = config is None
+    return network

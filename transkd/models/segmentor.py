@@ -45,7 +45,12 @@ class SegmentationOutput:
 def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The (mean, std) a network expects of images in [0, 1]: declared by every transkd, ``hf:``
     and ``timm:`` segmentor (``input_mean``/``input_std``); ImageNet's for a module of another
-    origin that declares none, the statistics nearly every pre-trained backbone was trained with."""
+    origin that declares none, the statistics nearly every pre-trained backbone was trained with.
+
+    A network whose weights were trained with its normalisation (an ``hf:`` model loaded from its
+    folder or hub id, a ``timm:`` backbone with ``pretrained=True``) sets ``owns_normalisation``: a
+    training run then feeds it that normalisation instead of the protocol's. A network that
+    starts from random weights adopts the protocol's."""
     return (tuple(getattr(model, "input_mean", None) or IMAGENET_MEAN),
             tuple(getattr(model, "input_std", None) or IMAGENET_STD))
 

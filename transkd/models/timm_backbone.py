@@ -71,6 +71,7 @@ class TimmSegmentor(nn.Module):
         cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         self.input_mean = tuple(cfg.get("mean", IMAGENET_MEAN))
         self.input_std = tuple(cfg.get("std", IMAGENET_STD))
+        self.owns_normalisation = bool(pretrained)  # pretrained weights expect pretrained_cfg's
         self.model_options = {"head": head, "out_indices": list(out_indices), "decoder_dim": decoder_dim,
                               "dropout": dropout, "in_chans": in_chans, **timm_kwargs}
         # Token embedders only in a network that opens with a patch embedding (a transformer):

@@ -62,6 +62,10 @@ class SegmentationDataset(Dataset, ABC):
     @abstractmethod
     def __getitem__(self, index: int) -> Sample: ...
 
+    def describe(self, index: int) -> str:
+        """Sample ``index`` named for a message, without reading it (its files where it has them)."""
+        return f"sample {index} of split {self.split!r} of {self.name}"
+
     def validate(self, strict: bool = False) -> int:
         """Check every example and return how many there are; raise DatasetError on the first bad one.
 
@@ -145,6 +149,10 @@ class FilePairDataset(SegmentationDataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        pair = self.pairs[index]
+        return f"{pair.image} (label {pair.label})"
 
     def __getitem__(self, index: int) -> Sample:
         pair = self.pairs[index]

@@ -6,7 +6,7 @@ A protocol is a :class:`Protocol` registered by name, built from the config's
 
 from . import paper, standard  # noqa: F401  (registers the built-in protocols)
 from .base import Protocol, build_transform, get_protocol, list_protocols, register_protocol
-from .dataset import TransformedDataset
+from .dataset import TransformedDataset, UnlabelledTransformedDataset
 from .options import CLASS_WEIGHT_MODES, ProtocolOptions
 from .weights import (
     ERFNET_CITYSCAPES_WEIGHTS,
@@ -16,5 +16,5 @@ from .weights import (
 )
 
 __all__ = ["CLASS_WEIGHT_MODES", "ERFNET_CITYSCAPES_WEIGHTS", "ERFNET_DATASETS", "Protocol",
-           "ProtocolOptions", "TransformedDataset", "build_transform", "class_weights",
-           "get_protocol", "list_protocols", "median_frequency_weights", "register_protocol"]
+           "ProtocolOptions", "TransformedDataset", "UnlabelledTransformedDataset", "build_transform",
+           "class_weights", "get_protocol", "list_protocols", "median_frequency_weights", "register_protocol"]

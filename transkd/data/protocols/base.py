@@ -76,6 +76,11 @@ class Protocol(abc.ABC):
         """The (height, width) of every evaluation input when the protocol fixes it."""
         return None
 
+    def fixed_train_size(self) -> tuple[int, int] | None:
+        """The (height, width) every training input has when the protocol fixes it (a fixed
+        resize or a padded crop); None when it follows each image's own size."""
+        return None
+
     def default_class_weights(self, dataset_name: str, num_classes: int) -> str:
         """The class-weight mode ``class_weights: auto`` stands for."""
         return "none"

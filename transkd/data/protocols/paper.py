@@ -46,6 +46,9 @@ class PaperProtocol(Protocol):
         size = self.options.image_size
         return tuple(size) if size else None
 
+    def fixed_train_size(self) -> tuple[int, int] | None:
+        return self.fixed_input_size()
+
     def input_size_words(self) -> str:
         size = self.options.image_size
         return f"{size[0]}x{size[1]} (HxW)" if size is not None else f"short side {self.options.short_side}"

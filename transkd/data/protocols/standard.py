@@ -47,6 +47,10 @@ class StandardProtocol(Protocol):
             return [Resize(scale=self.options.scale, keep_label=True), self.normalize()]
         return [self.normalize()]
 
+    def fixed_train_size(self) -> tuple[int, int] | None:
+        crop = self.options.crop_size
+        return tuple(crop) if crop is not None else None
+
     def _resizes(self) -> bool:
         return self.options.eval_resize and self.options.scale is not None
 
