@@ -125,7 +125,7 @@ def test_a_killed_sweep_is_completed_without_redoing_finished_runs(tmp_path, tea
 
 
 def test_the_camvid_sweep_spec_plans_the_table(tmp_path):
-    spec_file = Path(__file__).resolve().parents[2] / "configs" / "camvid" / "sweep_cpu40e.yaml"
+    spec_file = Path(__file__).resolve().parents[2] / "benchmarks" / "camvid" / "sweep_cpu40e.yaml"
     cwd = os.getcwd()
     os.chdir(Path(__file__).resolve().parents[2])  # its paths are relative to the repository
     try:
