@@ -20,9 +20,11 @@ from ._options import (
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval", help="evaluate saved weights on a dataset split",
-        description="Evaluate a .safetensors model (or a run folder: its config.yaml and best "
-                    "network) on a split. The data pipeline and inference come from the config "
-                    "(the run's own config for a run folder).")
+        description="Evaluate a .safetensors model, a run folder (its config.yaml and best "
+                    "network) or an .onnx file written by 'transkd export' (any precision; run by "
+                    "onnxruntime, dataset and normalisation from its metadata) on a split. The data "
+                    "pipeline and inference come from the config (the run's own config for a run "
+                    "folder).")
     add_model(parser)
     add_config_arguments(parser, resume=False)
     parser.add_argument("--dataset", help="dataset name (shortcut for data.name)")

@@ -14,6 +14,7 @@ instead of stopping the benchmark.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
 import statistics
@@ -28,10 +29,11 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..models import create_model, list_models
+from ..models.onnx_graph import onnx_session
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
 from ..progress import Progress
 from . import Student
-from .export import export_onnx, onnx_session
+from .export import export_onnx
 
 BACKENDS = ("eager", "compile", "onnxruntime")
 
@@ -63,6 +65,49 @@ def time_runs(run: Callable[[], Any], warmup: int, repeats: int,
         if tick is not None:
             tick()
     return timings
+
+
+def time_interleaved(runs: dict[str, Callable[[], Any]], warmup: int, repeats: int,
+                     tick: Callable[[], None] | None = None) -> dict[str, dict[str, list[float]]]:
+    """Wall and CPU seconds (``time.process_time``: this process, every thread) of each run,
+    ``repeats`` rounds of one call per run in turn after ``warmup`` such rounds, so a change in
+    machine load hits every run alike. CPU time does not count the time other processes hold the
+    cores, which makes a one-thread comparison on a busy machine steadier than wall time."""
+    for _ in range(warmup):
+        for run in runs.values():
+            run()
+            if tick is not None:
+                tick()
+    timings: dict[str, dict[str, list[float]]] = {name: {"wall": [], "cpu": []} for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            cpu, wall = time.process_time(), time.perf_counter()
+            run()
+            timings[name]["wall"].append(time.perf_counter() - wall)
+            timings[name]["cpu"].append(time.process_time() - cpu)
+            if tick is not None:
+                tick()
+    return timings
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name and the instruction sets that decide which integer and float kernels
+    onnxruntime and PyTorch use (VNNI, AMX, AVX-512, ARM dot products), from ``/proc/cpuinfo``."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        text = ""
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key == "model name" and value.strip():
+            name = value.strip()
+        elif key in ("flags", "features") and not flags:
+            flags = set(value.split())
+    interesting = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8",
+                   "amx_bf16", "asimddp", "i8mm", "sve")
+    return {"model": name, "cpus": os.cpu_count(), "isa": [f for f in interesting if f in flags]}
 
 
 @contextlib.contextmanager
@@ -293,3 +338,49 @@ def format_bench(result: dict[str, Any]) -> str:
 
 def _span(low: float, high: float) -> str:
     return f"{low:.1f}-{high:.1f}"
+
+
+def onnx_operator_profile(path: str | Path, images: Any, threads: int | None = None, runs: int = 3,
+                          optimization: str = "all") -> dict[str, Any]:
+    """Where onnxruntime spends a forward of ``images`` (a float32 array) through the graph at
+    ``path``: its own profiler over ``runs`` forwards after one warm-up, summed per operator type
+    (after onnxruntime's graph fusions, so ``QLinearConv`` or ``FusedConv`` appear as such).
+    Returns the total kernel milliseconds per forward and one row per operator type: milliseconds
+    per forward, share of the total, node count."""
+    import numpy as np
+
+    feed_images = np.ascontiguousarray(np.asarray(images, dtype=np.float32))
+    with tempfile.TemporaryDirectory(prefix="transkd-ort-profile-") as tmp:
+        session = onnx_session(path, threads=threads, optimization=optimization,
+                               profile_prefix=str(Path(tmp) / "profile"))
+        feed = {session.get_inputs()[0].name: feed_images}
+        session.run(None, feed)
+        for _ in range(runs):
+            session.run(None, feed)
+        profile_file = session.end_profiling()
+        events = json.loads(Path(profile_file).read_text(encoding="utf-8"))
+    per_type: dict[str, list[float]] = {}
+    nodes: dict[str, set[str]] = {}
+    per_run = max(1, runs + 1)
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        op = event.get("args", {}).get("op_name", "?")
+        per_type.setdefault(op, []).append(event.get("dur", 0) / 1e3)
+        nodes.setdefault(op, set()).add(event["name"])
+    total = sum(sum(v) for v in per_type.values()) / per_run
+    rows = sorted(({"op": op, "ms": sum(v) / per_run, "share": (sum(v) / per_run) / total if total else 0.0,
+                    "nodes": len(nodes[op])} for op, v in per_type.items()), key=lambda r: -r["ms"])
+    return {"graph": str(path), "threads": threads, "runs": per_run, "kernel_ms": total, "ops": rows,
+            "input_size": list(feed_images.shape)}
+
+
+def format_operator_profile(profile: dict[str, Any], top: int = 12) -> str:
+    """The operator profile as aligned lines, the busiest operator types first."""
+    shape = "x".join(map(str, profile["input_size"]))
+    lines = [f"{profile['graph']}: {profile['kernel_ms']:.1f} ms of kernels per forward (input {shape}, "
+             f"{profile['threads']} thread(s), onnxruntime profiler, {profile['runs']} forwards)"]
+    for row in profile["ops"][:top]:
+        lines.append(f"  {row['op']:<28} {row['ms']:>9.1f} ms {100 * row['share']:>6.1f}%  "
+                     f"{row['nodes']:>4} node(s)")
+    return "\n".join(lines)

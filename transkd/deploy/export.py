@@ -14,6 +14,12 @@ accepts — odd sizes included; MiT/PVTv2 need both sides ≥ 29 px (the stage-1
 is an 8×8 conv on the 1/4 grid). Before the file appears, onnxruntime runs it on random inputs of
 sizes other than the export size and compares it with PyTorch; a difference above the tolerance
 means no file is written.
+
+``precision`` other than fp32 (:mod:`transkd.deploy.quantize`: fp16, int8-dynamic, int8-static)
+exports and checks the fp32 graph first, then writes the lowered copy; the lowered graph is run
+on the same inputs and its difference from PyTorch and its arg-max agreement are reported, not
+held to the tolerance (quantisation error is expected; its accuracy is measured with
+``transkd eval`` on the ``.onnx`` file).
 """
 
 from __future__ import annotations
@@ -23,7 +29,9 @@ import importlib.util
 import json
 import logging
 import math
+import tempfile
 import time
+import types
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,11 +45,16 @@ from torch import nn
 from ..errors import ConfigError, TranskdError
 from ..inference import is_size
 from ..jsonsafe import json_safe
+from ..models.layers import EfficientSelfAttention, grid_to_tokens, tokens_to_grid
+from ..models.onnx_graph import onnx_session
 from ..progress import Progress
 from ..weights.io import atomic_write, save_model
 from . import Student
+from .quantize import QuantizeOptions, lower_precision
 
 EXPORTERS = ("dynamo", "torchscript")
+#: "standard": attention as ONNX MatMul/Softmax; "fused": onnxruntime's MultiHeadAttention kernel.
+ATTENTIONS = ("standard", "fused")
 FORMATS = ("onnx", "safetensors")
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 #: The legacy exporter's opset when none is asked for (the dynamo exporter picks its own).
@@ -61,6 +74,7 @@ class ParityCheck:
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
     max_abs_diff: float
+    argmax_agreement: float = 1.0  # share of output positions whose arg-max class matches PyTorch
 
 
 @dataclass
@@ -74,6 +88,9 @@ class ExportResult:
     tolerance: float | None = None
     checks: list[ParityCheck] = field(default_factory=list)
     seconds: float = 0.0
+    precision: str = "fp32"
+    lowering: dict[str, Any] = field(default_factory=dict)
+    lowered_checks: list[ParityCheck] = field(default_factory=list)
 
     @property
     def max_abs_diff(self) -> float:
@@ -92,7 +109,9 @@ def default_check_sizes(height: int, width: int) -> list[tuple[int, int, int]]:
 def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int] = (512, 1024),
                 opset: int | None = None, exporter: str = "dynamo",
                 check_sizes: Sequence[Sequence[int]] | None = None, tolerance: float | None = 1e-4,
-                metadata: dict[str, Any] | None = None, progress: bool = False) -> ExportResult:
+                metadata: dict[str, Any] | None = None, progress: bool = False,
+                quantize: QuantizeOptions | None = None, calibration: Any = None,
+                attention: str = "standard") -> ExportResult:
     """Write ``model`` as ONNX to ``path`` after checking it with onnxruntime.
 
     ``check_sizes`` are (batch, height, width) inputs (default :func:`default_check_sizes`);
@@ -100,7 +119,20 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     (JSON-encoded values) so the file carries classes, palette and normalisation along.
     ``progress``: a bar over the steps (graph export, then each parity check) on a terminal, a
     line per step in a log; the graph export is one opaque call, so the bar moves in steps.
+    ``quantize``: the precision to write (default fp32); ``calibration``: images for int8-static
+    (an iterable of float32 (1, 3, H, W) arrays or tensors, or a callable returning one, called
+    only after the fp32 graph passed its check).
     """
+    if attention not in ATTENTIONS:
+        raise ConfigError(f"--attention must be one of {', '.join(ATTENTIONS)}, got {attention!r}")
+    if attention == "fused" and exporter != "torchscript":
+        raise ConfigError("--attention fused needs --exporter torchscript (the fused onnxruntime "
+                          "operator is written by the legacy exporter's symbolic functions)")
+    quantize = (quantize or QuantizeOptions()).validate()
+    lowered = quantize.precision != "fp32"
+    if quantize.precision == "int8-static" and calibration is None:
+        raise ConfigError("--precision int8-static needs calibration images: give --calibration-data "
+                          "ROOT (the dataset the network was trained on)")
     if exporter not in EXPORTERS:
         raise ConfigError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
     if tolerance is not None and not (isinstance(tolerance, (int, float)) and tolerance >= 0):
@@ -112,15 +144,18 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
     height, width = (int(v) for v in input_size)
     sizes = [tuple(int(v) for v in s) for s in (check_sizes or default_check_sizes(height, width))]
     model.eval()
-    result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance)
+    result = ExportResult(path, "onnx", exporter, export_size=(height, width), tolerance=tolerance,
+                          precision=quantize.precision)
     start = time.perf_counter()
-    bar = Progress(1 + (len(sizes) if tolerance is not None else 0), description="export", unit="step",
-                   enabled=progress, interval=1)
+    steps = 1 + (len(sizes) if tolerance is not None else 0) + (1 + len(sizes) if lowered else 0)
+    bar = Progress(steps, description="export", unit="step", enabled=progress, interval=1)
 
-    def write(tmp: str) -> None:
-        _export_graph(model, torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
-                      tmp, exporter, opset)
-        result.opset = _finish_onnx(tmp, model, metadata)
+    def write_fp32(tmp: str) -> None:
+        sample = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0))
+        with fused_attention(model) if attention == "fused" else contextlib.nullcontext():
+            _export_graph(model, sample, tmp, exporter, opset)
+        result.opset = _finish_onnx(tmp, model, {**(metadata or {}), "precision": "fp32",
+                                                 "attention": attention})
         bar.update(1, done="graph")
         if tolerance is None:
             return
@@ -131,6 +166,21 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
                 f"the ONNX graph differs from PyTorch by up to {worst.max_abs_diff:.3g} (input "
                 f"{'x'.join(map(str, worst.input_shape))}), above the tolerance {tolerance:g}; "
                 f"nothing was written to {path}")
+
+    def write(tmp: str) -> None:
+        if not lowered:
+            write_fp32(tmp)
+            return
+        with tempfile.TemporaryDirectory(prefix="transkd-export-") as folder:
+            fp32 = str(Path(folder) / "fp32.onnx")
+            write_fp32(fp32)
+            images = calibration() if callable(calibration) else calibration
+            result.lowering = lower_precision(fp32, tmp, quantize, images, input_name=INPUT_NAME)
+        _finish_onnx(tmp, model, {**(metadata or {}), **result.lowering,
+                                  "precision": quantize.precision})
+        bar.update(1, done=quantize.precision)
+        result.lowered_checks = check_parity(model, tmp, sizes,
+                                             on_check=lambda: bar.update(1, done="parity"))
 
     try:
         atomic_write(path, write)
@@ -155,6 +205,51 @@ def _output_file(path: str | Path) -> Path:
     if path.parent.exists() and not path.parent.is_dir():
         raise ConfigError(f"cannot write {path}: {path.parent} is a file, not a folder")
     return path
+
+
+class _MultiHeadAttention(torch.autograd.Function):
+    """SDPA over (batch, tokens, channels) query/key/value, exported as onnxruntime's fused
+    ``com.microsoft::MultiHeadAttention`` (one kernel instead of MatMul, Softmax, MatMul with the
+    attention matrix in memory). PyTorch computes the same thing while the graph is traced."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, num_heads: int, scale: float):  # noqa: ARG004 (autograd signature)
+        batch, tokens, channels = q.shape
+        head = channels // num_heads
+
+        def heads(t):
+            return t.reshape(batch, -1, num_heads, head).transpose(1, 2)
+
+        out = torch.nn.functional.scaled_dot_product_attention(heads(q), heads(k), heads(v), scale=scale)
+        return out.transpose(1, 2).reshape(batch, tokens, channels)
+
+    @staticmethod
+    def symbolic(g, q, k, v, num_heads: int, scale: float):
+        out = g.op("com.microsoft::MultiHeadAttention", q, k, v, num_heads_i=num_heads, scale_f=scale)
+        out.setType(q.type())
+        return out
+
+
+def _fused_attention_forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    q = self.q(x)
+    if self.sr_ratio > 1:
+        x = self.norm(grid_to_tokens(self.sr(tokens_to_grid(x, height, width))))
+    k, v = self.kv(x).chunk(2, dim=-1)  # kv's channels are [key heads | value heads]
+    return self.proj_drop(self.proj(_MultiHeadAttention.apply(q, k, v, self.num_heads, self.scale)))
+
+
+@contextlib.contextmanager
+def fused_attention(model: nn.Module) -> Iterator[int]:
+    """While active, every efficient self-attention of ``model`` (MiT, PVTv2) traces as one
+    ``com.microsoft::MultiHeadAttention`` node (legacy exporter only); yields how many."""
+    patched = [m for m in model.modules() if isinstance(m, EfficientSelfAttention)]
+    for module in patched:
+        module.forward = types.MethodType(_fused_attention_forward, module)
+    try:
+        yield len(patched)
+    finally:
+        for module in patched:
+            del module.forward
 
 
 @contextlib.contextmanager
@@ -230,19 +325,6 @@ def _finish_onnx(path: str, model: nn.Module, metadata: dict[str, Any] | None) -
     return next((o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")), 0)
 
 
-def onnx_session(path: str | Path, threads: int | None = None):
-    """An onnxruntime CPU session; ``threads`` fixes the intra-op thread count."""
-    import onnxruntime as ort  # deferred: an optional dependency (the onnx extra)
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads is not None:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequence[int]],
                  seed: int = 0, on_check: Callable[[], None] | None = None) -> list[ParityCheck]:
     """Max |onnxruntime − PyTorch| of the logits on random inputs of each (batch, height, width);
@@ -264,8 +346,9 @@ def check_parity(model: nn.Module, onnx_path: str | Path, sizes: Sequence[Sequen
             raise ExportError(f"the ONNX graph gives logits of shape {actual.shape} for input "
                               f"{batch}x3x{height}x{width}, PyTorch {expected.shape}")
         diff = float(np.abs(actual.astype(np.float64) - expected).max()) if actual.size else 0.0
+        agreement = float((actual.argmax(axis=1) == expected.argmax(axis=1)).mean()) if actual.size else 1.0
         checks.append(ParityCheck((batch, 3, height, width), tuple(actual.shape),
-                                  diff if math.isfinite(diff) else math.inf))
+                                  diff if math.isfinite(diff) else math.inf, agreement))
         if on_check is not None:
             on_check()
     return checks
@@ -343,10 +426,20 @@ def export_model(model: str | Path, output: str | Path, *, last: bool = False,
     was loaded before the (long) export starts; ``progress=True`` (an ONNX option) shows its steps."""
     if check_sizes and any(v < 1 for triple in check_sizes for v in triple):
         raise ConfigError("--check-size takes three positive integers (batch height width)")
+    quantize = onnx_options.get("quantize")
+    suffix_format = "safetensors" if str(output).lower().endswith(".safetensors") else "onnx"
+    onnx_output = (format or suffix_format) == "onnx"
+    if quantize is not None and quantize.validate().precision != "fp32" and not onnx_output:
+        raise ConfigError(f"--precision {quantize.precision} applies to ONNX output only; give an .onnx "
+                          "output or --format onnx")
+    static = quantize is not None and quantize.precision == "int8-static"
+    if static and onnx_options.get("calibration") is None:
+        raise ConfigError("--precision int8-static needs calibration images: give --calibration-data "
+                          "ROOT (the dataset the network was trained on)")
     student = Student.load(model, last=last)
     if announce is not None:
         announce(f"student: {student.describe()}")
-    if (format or ("safetensors" if str(output).lower().endswith(".safetensors") else "onnx")) != "onnx":
+    if not onnx_output:
         return export_student(student, output, format=format)
     size, why = export_input_size(student.metadata, input_size)
     if announce is not None:
