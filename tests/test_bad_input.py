@@ -365,9 +365,9 @@ def poison_loss_at(monkeypatch, call: int) -> None:
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
-        calls["n"] += 1
+        calls["n"] += torch.is_grad_enabled()  # training steps; not the MAC count before training
         value = original(*args, **kwargs)
-        return value * float("nan") if calls["n"] == call else value
+        return value * float("nan") if calls["n"] == call and torch.is_grad_enabled() else value
 
     monkeypatch.setattr("transkd.engine.build.cross_entropy_loss", poisoned)
 

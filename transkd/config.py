@@ -23,6 +23,7 @@ import yaml
 
 from .data.datasets import check_dataset_options, list_datasets
 from .data.protocols import ProtocolOptions
+from .data.selection import parse_selection
 from .data.unlabelled import REST
 from .distill.registry import method_classes, needs_teacher, parse_method, parse_method_options
 from .errors import ConfigError, UnknownOptionError
@@ -90,6 +91,10 @@ class DataConfig:
     #: Without any labelled validation split (``name: none``): how many unlabelled images (a
     #: seeded choice; they also train) measure the student's agreement with the teacher.
     agreement_images: int = 100
+    #: What chooses the checkpoint in ``best/``: ``train_holdout:0.1`` (a seeded 10% of train,
+    #: removed from training), ``last`` (no selection) or ``val`` (the reported split itself:
+    #: optimistic; how runs were chosen before this key existed). See ``data/selection.py``.
+    selection: str = "val"
 
     @property
     def unlabelled_entries(self) -> tuple[str, ...]:
@@ -196,11 +201,49 @@ class TrainConfig:
     find_unused_parameters: bool = False
     #: Write TensorBoard event files next to metrics.jsonl.
     tensorboard: bool = True
+    #: A compute budget that replaces ``epochs``/``iterations``: ``steps:N``, ``macs:X`` (training
+    #: MACs, see :data:`TRAINING_MACS_CONVENTION`) or ``seconds:S``; null: no budget.
+    budget: str | None = None
 
     @property
     def interval_unit(self) -> str:
         """What ``val_interval`` and ``checkpoint_interval`` count: ``epochs`` or ``iterations``."""
         return "epochs" if self.epochs is not None else "iterations"
+
+
+BUDGET_KINDS = ("steps", "macs", "seconds")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A parsed ``train.budget``: what is counted and how much of it a run may spend."""
+
+    kind: str  # one of BUDGET_KINDS
+    amount: float
+
+    @property
+    def label(self) -> str:
+        if self.kind == "steps":
+            return f"{int(self.amount)} optimiser steps"
+        if self.kind == "macs":
+            return f"{self.amount:.3g} training MACs"
+        return f"{self.amount:g} s of training steps"
+
+
+def parse_budget(text: str | None, key: str = "train.budget") -> Budget | None:
+    """``"macs:1.2e15"`` → ``Budget("macs", 1.2e15)``; None for no budget."""
+    if text is None:
+        return None
+    kind, _, amount = str(text).partition(":")
+    try:
+        value = float(amount)
+    except ValueError:
+        value = -1.0
+    if kind.strip() not in BUDGET_KINDS or not (0 < value < float("inf")) \
+            or (kind.strip() == "steps" and value != int(value)):
+        raise ConfigError(f"config key {key!r} must be steps:N, macs:X or seconds:S with a positive "
+                          f"amount (e.g. steps:1000, macs:1.2e15, seconds:3600), got {text!r}")
+    return Budget(kind.strip(), value)
 
 
 @dataclass
@@ -403,6 +446,10 @@ def validate(config: Config) -> Config:
         _require(config.teacher.weights is not None or hf_teacher, "teacher.weights",
                  f"must name the teacher's .safetensors file for method {config.distill.method!r}")
     _check_data(config.data)
+    selection = parse_selection(config.data.selection)
+    _require(selection.mode != "train_holdout" or config.data.has_labelled_train, "data.selection",
+             f"({config.data.selection}) holds out labelled training images, but this run has none")
+    parse_budget(config.train.budget)
     _check_unlabelled(config)
     return config
 

@@ -348,3 +348,30 @@ def profile_distiller(distiller: nn.Module, input_size: Iterable[int] = (512, 10
         "macs_conv_linear_adapters": total.total - own.total,
         "convention": {"macs_conv_linear_training": MACS_CONVENTION},
     }
+
+
+TRAINING_MACS_CONVENTION = (
+    "training MACs = steps × images per step × (3 × (student + adapters forward MACs) + teacher "
+    "forward MACs): a backward pass counts as 2× its forward (gradients of activations and of "
+    "weights), the frozen teacher runs forward only; forward MACs in the paper's convention "
+    "(conv and linear layers, " + MACS_CONVENTION.split(": ", 1)[0] + ") on one image at the "
+    "training input size")
+
+
+def training_macs(distiller: nn.Module, images: torch.Tensor, targets: torch.Tensor) -> dict[str, int]:
+    """Forward MACs per image of the student, the adapters and the teacher in one training step,
+    and the training MACs per image under :data:`TRAINING_MACS_CONVENTION`.
+
+    ``images``/``targets`` are one training sample (batch of 1) at the training input size; the
+    forward runs in eval mode without autograd, as the paper's counter does."""
+    student = distiller.student
+    teacher = [distiller.teacher] if getattr(distiller, "teacher", None) is not None else []
+    with eval_mode(distiller, *teacher), \
+            MacCounter(student, distiller.methods, exclude=teacher) as trained, \
+            MacCounter(student, exclude=teacher) as own, \
+            MacCounter(*teacher) as frozen, torch.inference_mode():
+        _run_on_sample(distiller, images, targets)
+    student_macs, trained_macs, teacher_macs = own.result().total, trained.result().total, \
+        frozen.result().total
+    return {"student_forward": student_macs, "adapters_forward": trained_macs - student_macs,
+            "teacher_forward": teacher_macs, "per_image": 3 * trained_macs + teacher_macs}

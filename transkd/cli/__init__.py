@@ -15,7 +15,7 @@ from ..errors import DiskFullError, TranskdError
 
 #: Subcommand modules, in the order ``transkd --help`` lists them.
 SUBCOMMANDS = ("demo", "train", "distill", "eval", "flops", "predict", "export", "bench",
-               "convert", "report")
+               "convert", "report", "sweep")
 
 
 def _load_subcommands():

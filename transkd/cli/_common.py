@@ -12,6 +12,7 @@ from typing import Any
 from tqdm import tqdm
 
 from ..config import Config, load_config
+from ..data.selection import parse_selection
 from ..engine.distributed import cleanup_distributed
 from ..engine.interrupt import exit_code
 from ..engine.run import execute, plan_run, protocol_description
@@ -101,7 +102,10 @@ def run_training(config: Config, resume: str | None, command: str, progress: boo
             f"with teacher {percent(last.get('miou'))}%, pixel agreement {percent(last.get('acc'))}% "
             f"— {where}")
     else:
-        say(f"best val mIoU {percent(best.get('miou'))}% at step {best.get('step')} "
+        selection = parse_selection(config.data.selection)
+        chosen = "best val mIoU" if selection.on_reported_split else \
+            f"val mIoU (evaluated once; {selection.label(config.data.val_split)})"
+        say(f"{chosen} {percent(best.get('miou'))}% at step {best.get('step')} "
             f"(epoch {best.get('epoch')}); last val mIoU {percent(last.get('miou'))}%, "
             f"pixel acc {percent(last.get('acc'))}% — {where}")
     if result.skipped_steps:

@@ -136,3 +136,28 @@ def config_overrides(args: argparse.Namespace, extra: Sequence[str] = ()) -> lis
 def yaml_string(text: str) -> str:
     """A path as a YAML string, whatever characters it holds."""
     return "'" + str(text).replace("'", "''") + "'"
+
+
+def add_baseline(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--baseline", metavar="ROW", help="the row (runs of one config across seeds, "
+                        "e.g. kd) every method is compared with besides the plain student "
+                        "(default: a kd row if there is one)")
+
+
+def add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    """``SPEC``, ``--seeds``, ``--set`` (every run, or ``NAME:KEY=VALUE`` one run), ``--teacher``,
+    ``--jobs``, ``--threads``, ``-o/--output``: each replaces the spec file's value."""
+    parser.add_argument("spec", metavar="SPEC.yaml", help="sweep spec: teacher, runs, seeds, overrides")
+    parser.add_argument("--seeds", type=int, nargs="+", metavar="SEED", help="train.seed values of "
+                        "every student run, e.g. --seeds 0 1 2")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="[RUN:]KEY=VALUE",
+                        help="override one key of every run, or of the run named RUN "
+                             "(e.g. --set kd:distill.options.temperature=2); repeatable")
+    parser.add_argument("--data", metavar="ROOT", help="dataset root folder of every run (shortcut "
+                        "for --set data.root=ROOT)")
+    parser.add_argument("--teacher", metavar="FILE", help="a trained teacher (.safetensors) instead "
+                        "of the spec's teacher run")
+    parser.add_argument("--jobs", type=int, metavar="N", help="student runs at once")
+    parser.add_argument("--threads", type=int, metavar="N", help="threads in all: the teacher uses "
+                        "them all, student runs share them (threads // jobs each)")
+    add_output(parser, "DIR", "sweep folder: every run in DIR/<run>/seed<k>, the report in DIR/report")

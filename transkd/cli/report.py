@@ -6,7 +6,7 @@ import argparse
 
 from ..report import write_report
 from ._common import say
-from ._options import add_output
+from ._options import add_baseline, add_output
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -23,12 +23,14 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                               "report/ in the folder holding the runs)")
     parser.add_argument("--samples", type=int, default=3, metavar="N",
                         help="validation images in the sample predictions (default 3; 0: none)")
+    add_baseline(parser)
     parser.set_defaults(run=run)
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
-    result = write_report(args.runs, output=args.output, samples=args.samples, announce=say)
+    result = write_report(args.runs, output=args.output, samples=args.samples, announce=say,
+                          baseline=args.baseline)
     for note in result.notes:
         say(f"note: {note}")
     say(f"report of {len(result.runs)} run(s) ({', '.join(result.runs)}): {result.markdown} and "

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import NO_DATASET, Config
 from ..data import build_dataset
 from ..data.protocols import TransformedDataset, build_transform, class_weights
+from ..data.selection import parse_selection, split_for_selection
 from ..distill import Distiller, create_distiller, cross_entropy_loss
 from ..errors import CheckpointError, ConfigError
 from ..models import create_model, get_entry
@@ -41,6 +42,8 @@ class DataBundle:
     num_outputs: int
     ignore_index: int
     unlabelled: UnlabelledData | None = None
+    #: The held-out images that choose the checkpoint (``data.selection: train_holdout:F``), or None.
+    selection: object | None = None
 
 
 def open_datasets(config: Config, train: bool = True, val_split: str | None = None,
@@ -69,14 +72,15 @@ def open_datasets(config: Config, train: bool = True, val_split: str | None = No
             raise ConfigError(f"split {split_set.split!r} of dataset {data.name!r} holds no samples")
         if split_set is not None:  # file headers only: unreadable files, label modes, sizes
             split_set.validate()
-    unlabelled = None
-    if train_set is not None:
+    held_out = unlabelled = None
+    if train_set is not None:  # the held-out images leave training (labelled or not) first
+        train_set, held_out = split_for_selection(train_set, parse_selection(data.selection))
         train_set, unlabelled = split_labels(config, train_set)
     num_classes = val_set.num_classes
     return DataBundle(train_set, val_set, data.name, tuple(val_set.class_names),
                       tuple(tuple(c) for c in val_set.palette), num_classes,
                       config.protocol.num_outputs(num_classes), config.protocol.ignore_index,
-                      unlabelled)
+                      unlabelled, held_out)
 
 
 def transformed(bundle: DataBundle, config: Config
@@ -94,6 +98,15 @@ def transformed(bundle: DataBundle, config: Config
         val = TransformedDataset(bundle.val, build_transform(opts, train=False,
                                                              num_classes=bundle.num_classes), seed)
     return train, val
+
+
+def transformed_selection(bundle: DataBundle, config: Config) -> TransformedDataset | None:
+    """The held-out selection images through the evaluation pipeline (None: no holdout)."""
+    if bundle.selection is None:
+        return None
+    return TransformedDataset(bundle.selection, build_transform(config.protocol, train=False,
+                                                                num_classes=bundle.num_classes),
+                              config.train.seed)
 
 
 def check_batch_fits(config: Config, bundle: DataBundle, world_size: int) -> None:

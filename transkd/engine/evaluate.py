@@ -88,20 +88,36 @@ def _nanmean(values: torch.Tensor) -> float:
 
 # --------------------------------------------------------------------------- evaluation loop
 
+def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
+                        ignore_index: int = 255) -> torch.Tensor:
+    """(B, K, K) int64 confusion matrices, one per image of a batch (ground truth × prediction),
+    with the same pixel rules as :class:`ConfusionMatrix`."""
+    k, batch = num_classes, pred.shape[0]
+    pred = pred.reshape(batch, -1).long()
+    target = target.reshape(batch, -1).to(pred.device).long()
+    valid = (target != ignore_index) & (target >= 0) & (target < k)
+    image = torch.arange(batch, device=pred.device)[:, None].expand_as(target)
+    index = (image * k * k + target * k + pred)[valid]
+    return torch.bincount(index, minlength=batch * k * k).reshape(batch, k, k).cpu()
+
+
 def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index: int = 255,
              inference: InferenceOptions | None = None, device: torch.device | str = "cpu",
              amp_dtype: torch.dtype | None = None, progress: bool = False,
-             reference: nn.Module | None = None) -> dict:
+             reference: nn.Module | None = None, per_image: bool = False) -> dict:
     """Metrics of ``model`` over ``loader`` batches ``{"image", "label"}``, at the label resolution.
 
     A model with more outputs than ``num_classes`` (the extra void class) is scored on its first
     ``num_classes`` logits. Returns :meth:`ConfusionMatrix.metrics` plus ``"confusion"`` (an int64
-    CPU tensor, ground truth × prediction), summed over processes when distributed.
+    CPU tensor, ground truth × prediction), summed over processes when distributed. ``per_image``
+    adds ``"per_image_confusion"`` (N, K, K) in loader order, this process's images only: the
+    report's confidence intervals resample images.
 
     ``reference`` (a teacher): its predictions, made the same way, replace the labels, so the
     numbers measure agreement with it (pixel agreement and the mIoU of ``model``'s predictions
     against ``reference``'s), for images nobody labelled; ``"label"`` then only gives the size.
     """
+    images_confusion: list[torch.Tensor] = []
     inference = (inference or InferenceOptions()).validate()
     device = torch.device(device)
     cm = ConfusionMatrix(num_classes, ignore_index, device=device)
@@ -130,7 +146,10 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
                 if logits.shape[1] < num_classes:
                     raise ValueError(f"the model gives {logits.shape[1]} outputs but the dataset has "
                                      f"{num_classes} classes")
-                cm.update(logits[:, :num_classes].argmax(dim=1), labels)
+                pred = logits[:, :num_classes].argmax(dim=1)
+                cm.update(pred, labels)
+                if per_image:
+                    images_confusion.append(per_image_confusion(pred, labels, num_classes, ignore_index))
                 bar.update(1)
     finally:
         bar.close()
@@ -140,4 +159,7 @@ def evaluate(model: nn.Module, loader: Iterable, num_classes: int, ignore_index:
     cm.all_reduce()
     result = cm.metrics()
     result["confusion"] = cm.mat.cpu()
+    if per_image:
+        result["per_image_confusion"] = (torch.cat(images_confusion) if images_confusion else
+                                         torch.zeros(0, num_classes, num_classes, dtype=torch.int64))
     return result

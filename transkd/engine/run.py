@@ -309,10 +309,15 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bo
                       resume=plan.resume,
                       metadata=export_metadata(config, plan.bundle, plan.teacher), announce=announce,
                       progress=progress, on_step=on_step, unlabelled_set=unlabelled_set,
-                      agreement=agreement, data_counts=counts)
+                      agreement=agreement, data_counts=counts,
+                      select_set=build.transformed_selection(plan.bundle, config))
+    trainer.prepare()  # training MACs measured, a budget turned into steps
     config.schedule.check_length(trainer.total_steps)
     if announce is not None and env.is_main:
         announce(training_plan(config, trainer.total_steps, trainer.steps_per_epoch))
+        announce(f"checkpoint reported: {trainer.selection_label}"
+                 + (f"; budget {trainer.budget_record['label']} = {trainer.total_steps} steps"
+                    if trainer.budget_record else ""))
     return trainer.fit()
 
 

@@ -16,6 +16,7 @@ resumed run on the CPU is bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import os
@@ -32,12 +33,13 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import Config, parse_budget
+from ..data.selection import HOLDOUT, LAST, VAL, parse_selection
 from ..distill import Distiller
-from ..errors import DatasetError, DiskFullError, TranskdError
+from ..errors import ConfigError, DatasetError, DiskFullError, TranskdError
 from ..jsonsafe import json_safe
 from ..progress import Progress
-from ..weights.io import deployable_file_name, load_state_strict
+from ..weights.io import atomic_write, deployable_file_name, load_state_strict
 from .checkpoint import (
     capture_rng_state,
     export_weights,
@@ -45,6 +47,7 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .compute import budget_steps, calibrate_step_seconds, measure_training_macs
 from .data_faults import data_fault
 from .distributed import (
     DistEnv,
@@ -61,6 +64,8 @@ from .interrupt import StopRequest
 from .logging import MetricsLogger
 from .schedule import LRSchedule, ScheduleSpec
 
+#: Folder of a run holding the reported checkpoint's per-image confusion matrices.
+PER_IMAGE_DIR = "evaluation"
 #: What validation measures when no labelled split exists (the name used wherever it is shown).
 AGREEMENT = "agreement with teacher"
 
@@ -161,11 +166,22 @@ class Trainer:
                  metadata: dict[str, Any] | None = None,
                  announce: Callable[[str], None] | None = None, progress: bool = True,
                  on_step: Callable[[], None] | None = None, unlabelled_set=None,
-                 agreement: bool = False, data_counts: dict[str, int] | None = None) -> None:
+                 agreement: bool = False, data_counts: dict[str, int] | None = None,
+                 select_set=None) -> None:
         self.config = config
         self.unlabelled_set = unlabelled_set
         self.agreement = agreement
         self.data_counts = data_counts or {}
+        #: What chooses best/ (data.selection) and the held-out images it uses, if any.
+        self.selection = parse_selection(config.data.selection)
+        self.select_set = select_set
+        if self.selection.mode == HOLDOUT and select_set is None:
+            raise TranskdError("data.selection holds out training images, but no held-out split "
+                               "was given to the trainer")
+        self.budget = parse_budget(config.train.budget)
+        self.compute: dict[str, Any] = {}
+        self.budget_record: dict[str, Any] | None = None
+        self._prepared = False
         self.announce = announce
         self.progress = progress
         self.on_step = on_step
@@ -204,6 +220,8 @@ class Trainer:
         self.by_epochs = train.epochs is not None
         self.total_steps = (train.epochs * self.steps_per_epoch if self.by_epochs
                             else int(train.iterations))
+        if self.budget is not None and self.budget.kind == "steps":
+            self.total_steps = int(self.budget.amount)
         self.amp_dtype = autocast_dtype(train.precision)
         self.inference = InferenceOptions(mode=config.eval.mode, crop=config.eval.crop,
                                           stride=config.eval.stride, scales=config.eval.scales,
@@ -232,7 +250,58 @@ class Trainer:
         val_loader = DataLoader(self.val_set, batch_size=self.config.eval.batch_size,
                                 sampler=val_sampler, generator=torch.Generator().manual_seed(seed),
                                 **common)
+        self.select_loader = None
+        if self.select_set is not None:
+            self.select_loader = DataLoader(
+                self.select_set, batch_size=self.config.eval.batch_size,
+                sampler=ShardSampler(len(self.select_set), self.env.rank, self.env.world_size),
+                generator=torch.Generator().manual_seed(seed), **common)
         return train_loader, val_loader, unlabelled_loader
+
+    # ------------------------------------------------------------------ compute and budget
+
+    @property
+    def images_per_step(self) -> int:
+        """Images through the networks per optimiser step, unlabelled ones included."""
+        return (self.batch_size + self.unlabelled_per_batch) * self.accum * self.env.world_size
+
+    def prepare(self) -> None:
+        """Measure the training MACs and turn ``train.budget`` into a number of steps (once)."""
+        if self._prepared:
+            return
+        self._prepared = True
+        self.distiller.to(self.device)
+        try:
+            self.compute = measure_training_macs(self.distiller, self.primary_set, self.device)
+        except (TranskdError, RuntimeError, ValueError, TypeError, KeyError) as exc:  # a network the counter
+            # cannot run on one image in eval mode: the run trains, its compute says why n/a
+            if self.budget is not None and self.budget.kind == "macs":
+                raise ConfigError(f"config key 'train.budget' counts training MACs, which could not "
+                                  f"be measured ({str(exc).splitlines()[0]}); use steps: or "
+                                  "seconds:") from None
+            self.compute = {"note": f"training MACs not measured: {exc}"}
+        per_image = self.compute.get("per_image")
+        self.compute["per_step"] = per_image * self.images_per_step if per_image else None
+        self.compute["images_per_step"] = self.images_per_step
+        if self.budget is None:
+            return
+        record: dict[str, Any] = {"kind": self.budget.kind, "amount": self.budget.amount,
+                                  "label": self.budget.label}
+        if self.budget.kind == "seconds":
+            saved = load_checkpoint(self.resume) if self.resume is not None else {}
+            if saved.get("budget"):  # a resumed run keeps the length it was planned with
+                record = dict(saved["budget"])
+            else:
+                seconds = calibrate_step_seconds(self.distiller, self.primary_set, self.batch_size,
+                                                 self.accum, self.device)
+                # every process must plan the same number of steps
+                record["calibrated_step_seconds"] = mean_over_ranks({"s": seconds}, self.env,
+                                                                    self.device)["s"]
+                record["steps"] = budget_steps(self.budget, None, record["calibrated_step_seconds"])
+        else:
+            record["steps"] = budget_steps(self.budget, self.compute["per_step"], None)
+        self.total_steps = int(record["steps"])
+        self.budget_record = record
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
@@ -258,6 +327,7 @@ class Trainer:
 
     def _fit(self) -> RunResult:
         config = self.config
+        self.prepare()
         distiller = self.distiller.to(self.device)
         if config.train.channels_last:
             distiller.to(memory_format=torch.channels_last)
@@ -291,6 +361,10 @@ class Trainer:
         self.bad_samples = 0
         self.logger = logger
         self.elapsed_before = 0.0
+        self.step_seconds = 0.0
+        self.last_select: dict[str, Any] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.reported: dict[str, Any] | None = None
         self.checkpoint_path: Path | None = None
         self.agreed_stop = False
         self.best_weights: Path | None = None
@@ -351,14 +425,19 @@ class Trainer:
         finally:
             bar.close()
         if status == "completed":
-            if self.last_val is None or self.last_val.get("step") != self.position.step:
+            latest = self.last_val if self.selection.mode == VAL else self.last_select
+            if self.selection.mode != LAST and (latest is None
+                                                or latest.get("step") != self.position.step):
                 self._validate(val_loader, logger)
             self._save(optimizer, schedule, scaler, start, export=True)
+            if self.selection.mode != VAL:
+                self._report_once(val_loader, logger)
         seconds = self.elapsed_before + time.perf_counter() - start
         if self.env.enabled:  # each rank counted what it read
             self.bad_samples = round(mean_over_ranks({"n": float(self.bad_samples)}, self.env,
                                                      self.device)["n"] * self.env.world_size)
-        result = RunResult(self.run_dir, status, self.position.step, self.total_steps, self.best,
+        best = self.best if self.selection.mode == VAL else self.reported
+        result = RunResult(self.run_dir, status, self.position.step, self.total_steps, best,
                            self.last_val, self.teacher_val, seconds, self.skipped,
                            self.checkpoint_path, self.best_weights, self.last_weights,
                            stopped_by=self.stop.requested if status == "interrupted" else None,
@@ -391,6 +470,8 @@ class Trainer:
                 self.rng_at_step = capture_rng_state()  # an interrupt later resumes from here
                 lr = schedule.current_lr()
                 schedule.apply(pos.step)
+                if stats is not None:
+                    self.step_seconds += stats["step_time"]
                 if stats is None:
                     self.skipped += 1
                     logger.log("event", pos.step, event="skipped_non_finite", epoch=pos.epoch,
@@ -570,35 +651,99 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluation
 
-    def _evaluate(self, network: nn.Module, loader: DataLoader) -> dict[str, Any]:
+    def _evaluate(self, network: nn.Module, loader: DataLoader, per_image: bool = False
+                  ) -> dict[str, Any]:
         started = time.perf_counter()
         reference = self.distiller.teacher_on_student_inputs() if self.agreement else None
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
                            inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
-                           progress=self.is_main and self.progress, reference=reference)
+                           progress=self.is_main and self.progress, reference=reference,
+                           per_image=per_image and not self.env.enabled)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 
-    def _validate(self, loader: DataLoader, logger: MetricsLogger) -> dict[str, Any]:
-        metrics = self._evaluate(self.distiller.student, loader)
+    def _validate(self, loader: DataLoader, logger: MetricsLogger) -> dict[str, Any] | None:
+        """Score the selection split and keep the best checkpoint in best/ (``val``: the
+        validation split itself, as runs always did; ``last``: nothing to score)."""
+        if self.selection.mode == LAST:
+            return None
+        on_val = self.selection.mode == VAL
+        metrics = self._evaluate(self.distiller.student, loader if on_val else self.select_loader,
+                                 per_image=on_val)
+        per_image = metrics.pop("per_image_confusion", None)
         pos = self.position
         metrics.update(step=pos.step, epoch=pos.epoch)
-        self.last_val = metrics
-        logger.log("agreement" if self.agreement else "val", pos.step, **_public(metrics))
+        if on_val:
+            self.last_val = metrics
+            logger.log("agreement" if self.agreement else "val", pos.step, **_public(metrics))
+        else:
+            self.last_select = metrics
+            logger.log("select", pos.step, split=self.selection.mode, **_public(metrics))
         if self.best is None or _better(metrics["miou"], self.best["miou"]):
             self.best = {k: metrics[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
+            if not on_val:  # every process scores it on the reported split at the end
+                self.best_state = {k: v.detach().to("cpu", copy=True)
+                                   for k, v in self.distiller.student.state_dict().items()}
             if self.is_main:
                 self.best_weights = self._export("best")
+                if per_image is not None:
+                    self._save_per_image(per_image)
         if self.announce is not None and self.is_main and self.agreement:
             self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): agreement with "
                           f"teacher {100 * metrics['miou']:.2f}% (mIoU of student vs teacher "
                           f"predictions), pixel agreement {100 * metrics['acc']:.2f}% "
                           f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
         elif self.announce is not None and self.is_main:
-            self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): val mIoU "
+            split = "val" if on_val else "selection (train_holdout)"
+            self.announce(f"step {pos.step}/{self.total_steps} (epoch {pos.epoch}): {split} mIoU "
                           f"{100 * metrics['miou']:.2f}%, pixel acc {100 * metrics['acc']:.2f}% "
                           f"(best {100 * self.best['miou']:.2f}% at step {self.best['step']})")
         return metrics
+
+    def _report_once(self, loader: DataLoader, logger: MetricsLogger) -> None:
+        """Evaluate the reported split once, at the end: the selected checkpoint (train_holdout)
+        or the last one (last); nothing on it chose anything."""
+        pos = self.position
+        last = self._evaluate(self.distiller.student, loader, per_image=True)
+        last.update(step=pos.step, epoch=pos.epoch)
+        last_images = last.pop("per_image_confusion", None)
+        self.last_val = last
+        chosen, chosen_images = last, last_images
+        if (self.selection.mode == HOLDOUT and self.best is not None
+                and self.best["step"] != pos.step and self.best_state is not None):
+            network = copy.deepcopy(self.distiller.student)
+            network.load_state_dict(self.best_state)
+            chosen = self._evaluate(network, loader, per_image=True)
+            chosen.update(step=self.best["step"], epoch=self.best["epoch"])
+            chosen_images = chosen.pop("per_image_confusion", None)
+        elif self.selection.mode == LAST and self.is_main:
+            self.best_weights = self._export("best")  # best/ is the reported network: the last
+        for which, metrics in (("last", last), ("best", chosen)):
+            fields = {k: v for k, v in _public(metrics).items() if k not in ("step", "epoch")}
+            logger.log("agreement" if self.agreement else "val", pos.step, checkpoint=which,
+                       checkpoint_step=metrics["step"],
+                       reported=True, **fields)
+            if chosen is last:
+                break
+        self.reported = {k: chosen[k] for k in ("miou", "acc", "macc", "iou", "step", "epoch")}
+        if self.selection.mode == HOLDOUT and self.best is not None:
+            self.reported["selected_on"] = {"split": HOLDOUT, "miou": self.best["miou"]}
+        if self.is_main and chosen_images is not None:
+            self._save_per_image(chosen_images)
+        if self.announce is not None and self.is_main:
+            self.announce(f"reported val mIoU {100 * chosen['miou']:.2f}% of the checkpoint at step "
+                          f"{chosen['step']} ({self.selection_label}), evaluated once")
+
+    @property
+    def selection_label(self) -> str:
+        held = len(self.select_set) if self.select_set is not None else None
+        return self.selection.label(self.config.data.val_split, held)
+
+    def _save_per_image(self, confusion: torch.Tensor) -> None:
+        """Per-image confusion matrices of the reported checkpoint on the reported split, for the
+        report's confidence intervals (resampling images)."""
+        path = self.run_dir / PER_IMAGE_DIR / f"{self.config.data.val_split}.npz"
+        atomic_write(path, lambda tmp: _savez(tmp, confusion.numpy()))
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -640,6 +785,10 @@ class Trainer:
             "skipped_steps": self.skipped,
             "bad_samples": self.bad_samples,
             "elapsed_seconds": self.elapsed_before + time.perf_counter() - start,
+            "step_seconds": self.step_seconds,
+            "total_steps": self.total_steps,
+            "budget": self.budget_record,
+            "best_student": self.best_state,  # the held-out selection's choice, scored at the end
             "method": self.distiller.method_name,
             "student": getattr(self.distiller.student, "model_name", None),
         }
@@ -666,6 +815,8 @@ class Trainer:
         self.skipped = int(checkpoint.get("skipped_steps", 0))
         self.bad_samples = int(checkpoint.get("bad_samples", 0))
         self.elapsed_before = float(checkpoint.get("elapsed_seconds", 0.0))
+        self.step_seconds = float(checkpoint.get("step_seconds", 0.0))
+        self.best_state = checkpoint.get("best_student")
         self.checkpoint_path = Path(path)
         if self.best is not None and self.run_dir is not None:  # exported when that best was scored
             best = self.run_dir / "best" / deployable_file_name(distilled=len(self.distiller.methods) > 0)
@@ -674,6 +825,16 @@ class Trainer:
         if ranks and len(ranks) == self.env.world_size:
             return ranks[self.env.rank]
         return checkpoint["rng"]  # rank 0's state: another process count, or an older checkpoint
+
+    def _compute_record(self, result: RunResult) -> dict[str, Any]:
+        """Wall time, time per optimiser step and training MACs (convention in the record)."""
+        steps = max(result.steps - result.skipped_steps, 0)
+        per_step = self.compute.get("per_step")
+        return {**self.compute,
+                "wall_seconds": round(result.train_seconds, 3),
+                "step_seconds": round(self.step_seconds, 3),
+                "seconds_per_step": self.step_seconds / steps if steps else None,
+                "train_macs": per_step * result.steps if per_step else None}
 
     def _write_summary(self, result: RunResult) -> None:
         summary = {
@@ -685,6 +846,16 @@ class Trainer:
             "skipped_steps": result.skipped_steps,
             "bad_samples_skipped": self.bad_samples,
             "best": result.best,
+            "selection": {"mode": self.selection.mode, "fraction": self.selection.fraction or None,
+                          "seed": self.selection.seed if self.selection.mode == HOLDOUT else None,
+                          "images": len(self.select_set) if self.select_set is not None else None,
+                          "label": self.selection_label},
+            "reported_split": self.config.data.val_split,
+            "per_image_confusion": (f"{PER_IMAGE_DIR}/{self.config.data.val_split}.npz"
+                                    if (self.run_dir / PER_IMAGE_DIR
+                                        / f"{self.config.data.val_split}.npz").is_file() else None),
+            "compute": self._compute_record(result),
+            "budget": self.budget_record,
             "last_val": _public(result.last_val) if result.last_val else None,
             "teacher_val": _public(result.teacher_val) if result.teacher_val else None,
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
@@ -694,6 +865,11 @@ class Trainer:
         }
         text = json.dumps(json_safe(summary), indent=2)
         (self.run_dir / "summary.json").write_text(text + "\n", encoding="utf-8")
+
+
+def _savez(path: str, confusion: np.ndarray) -> None:
+    with open(path, "wb") as handle:
+        np.savez_compressed(handle, confusion=confusion)
 
 
 def _public(metrics: dict[str, Any] | None) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from .. import __version__
 from ..engine.run import protocol_description
 from ..engine.visualize import save_predictions
 from ..errors import ConfigError, TranskdError
-from ..profile import MACS_CONVENTION
+from ..profile import MACS_CONVENTION, TRAINING_MACS_CONVENTION
 from ..weights.io import load_model
 from . import plots
 from .document import (
@@ -54,6 +54,7 @@ from .runs import (
     size_text,
     slug,
 )
+from .seeds import group_runs, seeds_section
 
 MARKDOWN_NAME, HTML_NAME, FIGURES_NAME = "REPORT.md", "report.html", "figures"
 
@@ -74,6 +75,7 @@ class _Columns:
     gap: bool
     training: bool
     estimated_time: bool
+    compute: bool = False
 
 
 def comparison_section(runs: Sequence[Run]) -> list[Block]:
@@ -82,20 +84,24 @@ def comparison_section(runs: Sequence[Run]) -> list[Block]:
                        macs_input=_common(_macs_input(r) for r in runs),
                        gap=any(g.share is not None for g in gaps.values()),
                        training=any(r.adapter_params for r in runs),
-                       estimated_time=any(r.wall_seconds[1] for r in runs))
-    header = ["run", "role", "network", "best val mIoU (%)", "at step (epoch)"]
+                       estimated_time=any(r.wall_seconds[1] for r in runs),
+                       compute=any(r.compute for r in runs))
+    header = ["run", "role", "network", "best val mIoU (%)", "at step (epoch)", "checkpoint reported"]
     header += ["gap closed (%)"] if columns.gap else []
     header += ["params (M)"] + (["training params (M)"] if columns.training else [])
     header += ["GMACs"] + ([] if columns.macs_input else ["MACs input"]) + ["wall time (s)"]
+    header += ["s / step", "training TMACs"] if columns.compute else []
     header += [] if columns.evaluation else ["evaluation"]
     rows = [_comparison_row(run, gaps.get(run.name), columns) for run in runs]
-    numeric = {i for i, h in enumerate(header) if h.endswith(("(%)", "(M)", "(s)")) or h == "GMACs"}
+    numeric = {i for i, h in enumerate(header)
+               if h.endswith(("(%)", "(M)", "(s)")) or h in ("GMACs", "s / step", "training TMACs")}
     blocks: list[Block] = [Heading("Comparison" if len(runs) > 1 else "Summary"),
                            Paragraph(_comparison_notes(columns)), Table(header, rows, numeric)]
     if gaps:
         blocks.append(Paragraph("Share of the teacher–student gap closed = (mIoU_method − "
-                                "mIoU_student) / (mIoU_teacher − mIoU_student), from best validation "
-                                "mIoU (%) of runs evaluated the same way:"))
+                                "mIoU_student) / (mIoU_teacher − mIoU_student), from the val mIoU (%) "
+                                "of each run's reported checkpoint, runs evaluated the same way (one "
+                                "run each; the rows across seeds below pair seeds):"))
         blocks.append(Bullets([g.explanation for g in gaps.values()]))
     blocks.append(Collapsed("MAC counting rules", MACS_CONVENTION, language="text"))
     return blocks
@@ -108,7 +114,7 @@ def _macs_input(run: Run) -> str:
 def _comparison_row(run: Run, gap: Gap | None, columns: _Columns) -> list[str]:
     best = run.best or {}
     row = [run.name, run.role, run.network, percent(run.best_miou),
-           f"{best['step']} ({best.get('epoch')})" if "step" in best else "n/a"]
+           f"{best['step']} ({best.get('epoch')})" if "step" in best else "n/a", run.selection_label]
     if columns.gap:
         row.append("—" if gap is None else "n/a" if gap.share is None else f"{100 * gap.share:.1f}")
     row.append(millions(run.params))
@@ -119,6 +125,10 @@ def _comparison_row(run: Run, gap: Gap | None, columns: _Columns) -> list[str]:
     if not columns.macs_input:
         row.append(_macs_input(run))
     row.append(_wall_time(*run.wall_seconds))
+    if columns.compute:
+        per_step, macs = run.compute.get("seconds_per_step"), run.compute.get("train_macs")
+        row += [f"{per_step:.3f}" if isinstance(per_step, (int, float)) else "n/a",
+                f"{macs / 1e12:.3f}" if isinstance(macs, (int, float)) else "n/a"]
     if not columns.evaluation:
         row.append(run.evaluation)
     return row
@@ -132,11 +142,20 @@ def _wall_time(seconds: float | None, estimated: bool) -> str:
 
 def _comparison_notes(columns: _Columns) -> str:
     """The labels of every number in the comparison table."""
-    if columns.evaluation:
-        notes = [f"mIoU: best validation mIoU in percent on {columns.evaluation}."]
+    if columns.compute:
+        notes_compute = ("s / step: seconds of the optimiser steps alone (forward, backward, update), "
+                         "averaged; training TMACs: 10¹² multiply-accumulates of the run, " +
+                         TRAINING_MACS_CONVENTION + ".")
     else:
-        notes = ["mIoU: best validation mIoU in percent; each run's evaluation (split, protocol, "
-                 "input size, metric resolution) is in its row."]
+        notes_compute = ""
+    if columns.evaluation:
+        notes = [f"mIoU: validation mIoU in percent on {columns.evaluation}, of the checkpoint the "
+                 "'checkpoint reported' column names (best on a held-out slice of train, the last one, "
+                 "or — older runs — best on this split itself, which is optimistic)."]
+    else:
+        notes = ["mIoU: validation mIoU in percent of the checkpoint the 'checkpoint reported' "
+                 "column names; each run's evaluation (split, protocol, input size, metric "
+                 "resolution) is in its row."]
     where = columns.macs_input or "the size in the 'MACs input' column"
     notes.append(f"MACs: multiply-accumulates of one image at {where} through the deployed network, "
                  "counted in the TransKD paper's convention (mmcv 1.3 rules: conv and linear layers, "
@@ -147,14 +166,21 @@ def _comparison_notes(columns: _Columns) -> str:
                  "machine that trained the run" + (" (~: estimated from metrics.jsonl timestamps, the "
                                                     "run has no summary.json)." if columns.estimated_time
                                                     else "."))
+    if notes_compute:
+        notes.append(notes_compute)
     return " ".join(notes)
 
 
 def miou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
     by_epochs = all(r.by_epochs for r in runs)
     axis = "epoch" if by_epochs else "optimiser step"
-    curves = {r.name: [(r_["epoch"] if by_epochs else r_["step"], r_["miou"]) for r_ in r.val_records()]
-              for r in runs}
+    curves = {}
+    for run in runs:  # a run that selects on held-out training images has no val curve: that one
+        records, name = run.val_records(), run.name
+        if not records and run.select_records():
+            records, name = run.select_records(), f"{run.name} (train_holdout)"
+        curves[name] = [(r["epoch"] if by_epochs else r["step"], r["miou"]) for r in records
+                        if "epoch" in r or not by_epochs]
     references = {}
     if not any(r.role == TEACHER for r in runs):
         for run in runs:
@@ -165,7 +191,9 @@ def miou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
         return [Heading("Validation mIoU"), Paragraph("No run has a validation score yet.")]
     evaluation = _common(r.evaluation for r in runs) or "each run's own evaluation (see the table)"
     return [Heading("Validation mIoU"),
-            Figure(path, f"Validation mIoU (%) against {axis}; {evaluation}.")]
+            Figure(path, f"Validation mIoU (%) against {axis}; {evaluation}. Runs marked "
+                         "'(train_holdout)' choose their checkpoint on a held-out slice of train and "
+                         "score val once, at the end: their curve is the held-out slice's mIoU.")]
 
 
 def loss_section(runs: Sequence[Run], figures: Path) -> list[Block]:
@@ -284,8 +312,22 @@ def run_section(run: Run) -> list[Block]:
              f"status: {summary.get('status', 'no summary.json (running, or stopped before the end)')}; "
              f"steps: {steps}" + (f" of {total}" if total else ""),
              f"evaluation: {run.evaluation}",
-             f"best val mIoU {_with_sign(best.get('miou'))} (pixel acc {_with_sign(best.get('acc'))}) at "
-             f"step {best.get('step', 'n/a')}; last val mIoU {_with_sign(last.get('miou'))}"]
+             f"{'best val mIoU' if run.selects_on_val else 'val mIoU (scored once)'} "
+             f"{_with_sign(best.get('miou'))} (pixel acc {_with_sign(best.get('acc'))}) at "
+             f"step {best.get('step', 'n/a')}; last val mIoU {_with_sign(last.get('miou'))}",
+             f"checkpoint reported: {run.selection_label}"]
+    compute = run.compute
+    if compute.get("train_macs") or compute.get("seconds_per_step"):
+        per_step = compute.get("seconds_per_step")
+        macs = compute.get("train_macs")
+        items.append("compute: " + ", ".join(filter(None, [
+            f"{macs / 1e12:.3f} training TMACs" if isinstance(macs, (int, float)) else None,
+            f"{per_step:.3f} s per optimiser step" if isinstance(per_step, (int, float)) else None,
+            f"{compute['wall_seconds']:.0f} s wall time" if isinstance(compute.get("wall_seconds"),
+                                                                      (int, float)) else None])))
+    budget = summary.get("budget")
+    if isinstance(budget, dict) and budget.get("label"):
+        items.append(f"budget: {budget['label']} = {budget.get('steps')} optimiser steps")
     if run.teacher_val is not None:
         items.append(f"teacher val mIoU {_with_sign(run.teacher_val['miou'])}, scored when the "
                      "distillation started")
@@ -340,11 +382,13 @@ def prepare_output(path: Path) -> Path:
 
 
 def write_report(paths: Sequence[str | Path], output: str | Path | None = None, samples: int = 3,
-                 announce: Callable[[str], None] | None = None) -> ReportResult:
+                 announce: Callable[[str], None] | None = None,
+                 baseline: str | None = None) -> ReportResult:
     """Read the runs behind ``paths`` (run folders, or folders of runs) and write the report.
 
     Checks every input before writing anything; ``samples`` validation images are predicted
-    (0: none)."""
+    (0: none). ``baseline`` names the row (runs of one config across seeds) every method is
+    compared with besides the plain student; by default a ``kd`` row if there is one."""
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 0:
         raise ConfigError(f"the number of sample images must be a non-negative integer, got {samples!r}")
     if not paths:
@@ -362,6 +406,9 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     measure_sizes(runs, data)
     assign_roles(runs)
     runs = ordered(runs)
+    labels = [g.label for g in group_runs(runs)]
+    if baseline is not None and baseline not in labels:
+        raise ConfigError(f"baseline {baseline!r} is not a row of the report (rows: {', '.join(labels)})")
     output = prepare_output(output)
     say(f"writing the report to {output}")
     figures = output / FIGURES_NAME
@@ -374,6 +421,8 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
                     "metrics.jsonl and summary.json."),
     ]
     blocks += comparison_section(runs)
+    say("comparing across seeds")
+    blocks += seeds_section(runs, baseline)
     say("drawing curves")
     blocks += miou_section(runs, figures)
     blocks += loss_section(runs, figures)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 
@@ -25,6 +26,7 @@ from ..config import Config, config_from_dict, read_yaml
 from ..data import build_dataset
 from ..data.datasets.registry import dataset_class
 from ..data.protocols import TransformedDataset, build_transform
+from ..data.selection import parse_selection
 from ..engine.logging import read_metrics
 from ..engine.run import protocol_description
 from ..errors import ConfigError, TranskdError
@@ -77,7 +79,13 @@ class Run:
         return next((self.path / f for f in MODEL_FILES if (self.path / f).is_file()), None)
 
     def val_records(self) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("kind") == "val" and is_finite_number(r.get("miou"))]
+        """Validation scores during training (not the reported split's single final scoring)."""
+        return [r for r in self.records if r.get("kind") == "val" and not r.get("reported")
+                and is_finite_number(r.get("miou"))]
+
+    def select_records(self) -> list[dict[str, Any]]:
+        """Scores on the held-out selection images (``data.selection: train_holdout:F``)."""
+        return [r for r in self.records if r.get("kind") == "select" and is_finite_number(r.get("miou"))]
 
     @property
     def best(self) -> dict[str, Any] | None:
@@ -131,6 +139,44 @@ class Run:
         times = [r["time"] for r in self.records if is_finite_number(r.get("time"))]
         return (max(times) - min(times), True) if len(times) > 1 else (None, True)
 
+
+    @property
+    def selection_label(self) -> str:
+        """Which checkpoint the reported number belongs to (older runs: best on val)."""
+        saved = (self.summary or {}).get("selection")
+        if isinstance(saved, dict) and isinstance(saved.get("label"), str):
+            return saved["label"]
+        try:
+            selection = parse_selection(self.config.data.selection)
+        except ConfigError:
+            return "unknown"
+        return selection.label(self.config.data.val_split)
+
+    @property
+    def selects_on_val(self) -> bool:
+        """Whether the reported checkpoint was chosen on the reported split (older runs)."""
+        try:
+            return parse_selection(self.config.data.selection).on_reported_split
+        except ConfigError:
+            return True
+
+    @property
+    def compute(self) -> dict[str, Any]:
+        """summary.json's compute record (training MACs, seconds per step); {} for older runs."""
+        saved = (self.summary or {}).get("compute")
+        return saved if isinstance(saved, dict) else {}
+
+    def per_image_confusion(self) -> np.ndarray | None:
+        """(N, K·K) confusion matrices per image of the reported checkpoint, if the run saved them."""
+        saved = (self.summary or {}).get("per_image_confusion")
+        if not isinstance(saved, str):
+            return None
+        try:
+            with np.load(self.path / saved, allow_pickle=False) as archive:
+                confusion = archive["confusion"]
+        except (OSError, KeyError, ValueError):
+            return None
+        return confusion.reshape(confusion.shape[0], -1).astype(np.float64)
 
 
 def is_run_dir(path: Path) -> bool:
