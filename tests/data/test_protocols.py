@@ -217,8 +217,8 @@ def test_transformed_dataset_determinism():
     ds = TransformedDataset(_TinyDataset(), build_transform(ProtocolOptions(short_side=64, max_shift=8),
                                                              train=True), seed=7)
     item = ds[1]
-    assert set(item) == {"image", "label", "name", "index"}
-    assert item["name"] == "img1" and item["index"] == 1
+    assert set(item) == {"image", "label", "name", "index", "skipped"}
+    assert item["name"] == "img1" and item["index"] == 1 and item["skipped"] == ""
     assert item["image"].shape == (3, 64, 128) and item["label"].shape == (16, 32)
     again = ds[1]
     assert torch.equal(item["image"], again["image"]) and torch.equal(item["label"], again["label"])
