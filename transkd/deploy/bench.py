@@ -185,7 +185,7 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
     height, width = _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_size)
     model.eval().cpu()
     images = torch.randn(batch, 3, height, width, generator=torch.Generator().manual_seed(0))
-    load_before = _load_average()
+    load_before = load_average()
     with torch_threads(threads) as used_threads, tempfile.TemporaryDirectory(prefix="transkd-bench-") as tmp:
         flops = count_flops_total(model, images)
         peak = matmul_peak(peak_size, warmup=1, repeats=max(3, min(repeats, 10)))
@@ -218,8 +218,8 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
         "rows": rows,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "load_average_before": load_before, "load_average_after": _load_average(),
-                    "torch": torch.__version__, "onnxruntime": _onnxruntime_version()},
+                    "load_average_before": load_before, "load_average_after": load_average(),
+                    "torch": torch.__version__, "onnxruntime": onnxruntime_version()},
     }
 
 
@@ -282,14 +282,15 @@ def _bench_backend(name: str, model: nn.Module, images: torch.Tensor, options: d
     return row
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages, stated beside every timing (None where unknown)."""
     try:
         return [round(v, 2) for v in os.getloadavg()]
     except OSError:
         return None
 
 
-def _onnxruntime_version() -> str | None:
+def onnxruntime_version() -> str | None:
     try:
         import onnxruntime  # deferred: an optional dependency (the onnx extra)
     except ImportError:

@@ -32,6 +32,8 @@ import torch
 from ..deploy import Student
 from ..deploy.bench import (
     cpu_description,
+    load_average,
+    onnxruntime_version,
     summarize,
     time_interleaved,
     torch_threads,
@@ -136,12 +138,12 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
                 rows.setdefault("_score", {"dataset": score.dataset, "split": score.split,
                                            "images": score.images, **score.description})
         score_info = rows.pop("_score", None)
-        load_before = _load_average()
+        load_before = load_average()
         say(f"timing {', '.join(runs)}: {warmup} warm-up + {repeats} interleaved rounds")
         flops = count_flops_total(student.model, images)
         peak_run, peak_flops, peak_what = _matmul(peak_size)
         timings = time_interleaved({**runs, PEAK: peak_run}, warmup, repeats)
-        load_after = _load_average()
+        load_after = load_average()
     peak_timing = timings.pop(PEAK)
     peak = {"what": peak_what, "flops_per_call": peak_flops}
     for clock in ("wall", "cpu"):
@@ -168,7 +170,7 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
         "rows": [rows[v] for v in variants],
         "machine": {"cpu": cpu_description(), "load_average_before": load_before,
                     "load_average_after": load_after, "torch": torch.__version__,
-                    "onnxruntime": _onnxruntime_version()},
+                    "onnxruntime": onnxruntime_version()},
     })
 
 
@@ -208,21 +210,6 @@ def _runner(network: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]
         with torch.inference_mode():
             return network(images)
     return run
-
-
-def _load_average() -> list[float] | None:
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def _onnxruntime_version() -> str | None:
-    try:
-        import onnxruntime  # deferred: an optional dependency (the onnx extra)
-    except ImportError:
-        return None
-    return onnxruntime.__version__
 
 
 def _number(value: Any, digits: int = 1, scale: float = 1.0, suffix: str = "") -> str:

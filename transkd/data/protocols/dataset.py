@@ -15,7 +15,22 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-class TransformedDataset(Dataset):
+class _EpochSeeded(Dataset):
+    """A dataset whose per-sample random draws depend on (seed, epoch, index) only."""
+
+    def __init__(self, seed: int) -> None:
+        if not _is_int(seed) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        if not _is_int(epoch) or epoch < 0:
+            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = epoch
+
+
+class TransformedDataset(_EpochSeeded):
     """A dataset with a pipeline applied; sample ``i`` in epoch ``e`` uses rng [seed, e, i].
 
     The generator depends on nothing else, so augmentation is identical whatever the number of
@@ -24,18 +39,10 @@ class TransformedDataset(Dataset):
     """
 
     def __init__(self, dataset: Dataset, transform, seed: int = 0, skip_bad: bool = False) -> None:
-        if not _is_int(seed) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        super().__init__(seed)
         self.dataset = dataset
         self.transform = transform
-        self.seed = seed
         self.skip_bad = skip_bad
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -71,7 +78,7 @@ class TransformedDataset(Dataset):
         return describe(index) if describe is not None else f"sample {index}"
 
 
-class UnlabelledTransformedDataset(Dataset):
+class UnlabelledTransformedDataset(_EpochSeeded):
     """Unlabelled images through a training pipeline: the same photometric and geometric steps
     as labelled samples, drawn from their own stream ``[seed, epoch, index, 1]``.
 
@@ -84,19 +91,11 @@ class UnlabelledTransformedDataset(Dataset):
 
     def __init__(self, images, transform, seed: int = 0, ignore_index: int = 255,
                  frame: tuple[int, int] | None = None) -> None:
-        if not _is_int(seed) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        super().__init__(seed)
         self.images = images
         self.transform = transform
-        self.seed = seed
         self.ignore_index = ignore_index
         self.frame = tuple(frame) if frame is not None else None
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        if not _is_int(epoch) or epoch < 0:
-            raise ValueError(f"epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.images)
