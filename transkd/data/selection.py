@@ -76,7 +76,9 @@ def holdout_indices(length: int, fraction: float, seed: int) -> tuple[np.ndarray
 
 
 class SubsetSplit(SegmentationDataset):
-    """Some images of a split, in the given order, with the split's classes and palette."""
+    """Some images of a split, in the given order, with the split's classes and palette (the
+    training images a held-out selection slice leaves, or the labels ``data.labelled_fraction``
+    keeps)."""
 
     def __init__(self, base: SegmentationDataset, indices: Sequence[int], split: str) -> None:
         super().__init__(split)
@@ -92,6 +94,9 @@ class SubsetSplit(SegmentationDataset):
 
     def __getitem__(self, index: int) -> Sample:
         return self.base[self.indices[index]]
+
+    def describe(self, index: int) -> str:
+        return self.base.describe(self.indices[index])
 
     def validate(self, strict: bool = False) -> int:
         self.base.validate(strict)

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import ConfigError, DatasetError
-from .datasets.base import Sample, SegmentationDataset
+from .datasets.base import SegmentationDataset
 from .datasets.files import _READ_ERRORS, IMAGE_SUFFIXES
 
 #: File suffixes taken from an unlabelled folder: every common format PIL decodes.
@@ -158,29 +158,3 @@ def seeded_pick(length: int, count: int, seed: int) -> list[int]:
     if count >= length:
         return list(range(length))
     return sorted(np.random.default_rng([seed, length, count]).permutation(length)[:count].tolist())
-
-
-class LabelledSubset(SegmentationDataset):
-    """Some samples of a labelled split, with its classes, palette and name (the labels a run
-    keeps when ``data.labelled_fraction`` < 1)."""
-
-    needs_root = False
-
-    def __init__(self, dataset: SegmentationDataset, indices: Sequence[int]) -> None:
-        super().__init__(dataset.split)
-        self.dataset = dataset
-        self.indices = list(indices)
-        self.name = dataset.name
-        self.class_names = dataset.class_names
-        self.palette = dataset.palette
-        self.ignore_index = dataset.ignore_index
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> Sample:
-        return self.dataset[self.indices[index]]
-
-    def validate(self, strict: bool = False) -> int:
-        self.dataset.validate(strict)
-        return len(self)

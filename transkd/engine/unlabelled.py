@@ -16,11 +16,11 @@ from torch import nn
 from ..config import NO_DATASET, Config
 from ..data.datasets import SegmentationDataset, voc_color_map
 from ..data.protocols import UnlabelledTransformedDataset, build_transform
+from ..data.selection import SubsetSplit
 from ..data.unlabelled import (
     REST,
     DatasetImages,
     ImageSources,
-    LabelledSubset,
     find_images,
     labelled_choice,
     seeded_pick,
@@ -69,7 +69,7 @@ def split_labels(config: Config, train: SegmentationDataset | None
         files = find_images(entries)
         return None, UnlabelledData(ImageSources([files]), skipped=files.skipped)
     kept, rest = labelled_choice(len(train), data.labelled_fraction, labelled_seed(config))
-    labelled = train if len(kept) == len(train) else (LabelledSubset(train, kept) if kept else None)
+    labelled = train if len(kept) == len(train) else (SubsetSplit(train, kept, train.split) if kept else None)
     if not entries:
         return labelled, None
     folders = [e for e in entries if e != REST]
