@@ -257,3 +257,77 @@ def test_default_folder_is_report_beside_the_runs_and_is_announced(fake_runs, tm
     assert code == 0 and (tmp_path / "runs" / "report" / "REPORT.md").is_file()
     assert f"writing the report to {Path('runs/report')}" in out
     assert "runs/report/REPORT.md and runs/report/report.html" in out
+
+
+def tradeoff_result(variants=("eager", "ort-fp32", "ort-int8-static")) -> dict:
+    """A trade-off result in the form ``transkd bench --tradeoff`` writes, numbers made up."""
+    rows = []
+    for index, variant in enumerate(variants):
+        ms = 40.0 - 10 * index
+        rows.append({"variant": variant, "status": "ok", "miou": 0.5 - 0.002 * index,
+                     "size_mb": 15.0 - 4 * index,
+                     "latency": {"median_ms": ms, "q25_ms": ms - 1, "q75_ms": ms + 1},
+                     "cpu_time": {"median_ms": ms / 2}, "speed_vs_baseline_wall": 30.0 / ms,
+                     "speed_vs_baseline_cpu": 15.0 / (ms / 2), "fraction_of_peak_wall": 0.4,
+                     "fraction_of_peak_cpu": 0.6,
+                     "lowering": ({"precision": "int8-static", "ops": ["Conv"]} if "int8" in variant
+                                  else None)})
+    rows.append({"variant": "compile", "status": "failed", "reason": "no C++ compiler"})
+    return {"model": "student_b0", "num_classes": 11, "input_size": [1, 3, 192, 256],
+            "input_size_reason": "the training size", "threads": 1, "repeats": 5, "warmup": 1,
+            "baseline": "ort-fp32", "rows": rows, "flops_per_forward": 1.07e9, "flops_convention": "torch",
+            "peak": {"what": "fp32 1024x1024 torch.mm", "gflops_per_s_wall": 50.0, "gflops_per_s_cpu": 80.0},
+            "machine": {"cpu": {"model": "Test CPU", "cpus": 2, "isa": ["AVX2"]},
+                        "load_average_before": [0.5, 0.5, 0.5], "load_average_after": [0.6, 0.5, 0.5]},
+            "accuracy": {"dataset": "camvid", "split": "val", "images": 101}}
+
+
+def test_deployment_tradeoff_kept_in_a_run_is_reported(fake_runs, tmp_path):
+    deploy = fake_runs["student"] / "deploy"
+    deploy.mkdir()
+    (deploy / "tradeoff.json").write_text(json.dumps(tradeoff_result()))
+    result = write_report([fake_runs["student"], fake_runs["kd"]], output=tmp_path / "out", samples=0)
+    markdown = result.markdown.read_text()
+    assert "## Deployment: accuracy against latency" in markdown
+    assert "### student: its deployable forms" in markdown
+    assert "### kd: its deployable forms" not in markdown  # a run without a trade-off has none
+    assert ("| ort-int8-static | 49.60 | 20.0 | 19.0–21.0 | 10.0 | 1.50× / 1.50× | 40.0% / 60.0% | 7.0 |"
+            in markdown)
+    assert "| compile | unavailable: no C++ compiler |" in markdown
+    assert "Test CPU (2 CPUs; AVX2)" in markdown and "mIoU on camvid val (101 images" in markdown
+    assert "ort-int8-static: ops Conv" in markdown
+    assert_png(result.figures / "tradeoff_student.png")
+    assert_self_contained(result.html.read_text())
+
+
+def test_no_tradeoff_no_deployment_section_and_a_broken_one_is_named(fake_runs, tmp_path):
+    result = write_report([fake_runs["student"]], output=tmp_path / "out", samples=0)
+    assert "Deployment" not in result.markdown.read_text()
+    deploy = fake_runs["kd"] / "deploy"
+    deploy.mkdir()
+    (deploy / "tradeoff.json").write_text(json.dumps({"rows": []}))
+    with pytest.raises(ConfigError, match=r"tradeoff.json is not a trade-off result written by transkd"):
+        write_report([fake_runs["kd"]], output=tmp_path / "out2", samples=0)
+    assert not (tmp_path / "out2").exists()
+
+
+def test_tradeoff_of_a_run_folder_is_kept_in_it_for_the_report(tmp_path, monkeypatch, capsys):
+    """Without --output, `bench RUN --tradeoff` writes RUN/deploy/, where `transkd report` reads it."""
+    from transkd.cli import bench as bench_cli
+    from transkd.report.tradeoff import read_tradeoff
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    seen = {}
+
+    def fake_tradeoff(model, data, output=None, **_):
+        seen["output"] = output
+        return tradeoff_result()
+
+    monkeypatch.setattr(bench_cli, "deployment_tradeoff", fake_tradeoff)
+    assert main(["bench", str(run_dir), "--tradeoff"]) == 0
+    assert seen["output"] == str(run_dir / "deploy")
+    assert read_tradeoff(run_dir)["model"] == "student_b0"
+    assert "wrote" in capsys.readouterr().out
+    assert main(["bench", str(run_dir), "--tradeoff", "--output", str(tmp_path / "elsewhere")]) == 0
+    assert (tmp_path / "elsewhere" / "tradeoff.json").is_file()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from ..deploy.bench import BACKENDS, bench_target, format_bench
 from ..deploy.export import EXPORTERS
@@ -12,7 +13,7 @@ from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, QuantizeOptions, parse
 from ..errors import ConfigError
 from ..jsonsafe import json_safe
 from ..profile import DEFAULT_NUM_CLASSES
-from ..report.tradeoff import VARIANTS, deployment_tradeoff, format_tradeoff, write_tradeoff
+from ..report.tradeoff import DEPLOY_FOLDER, VARIANTS, deployment_tradeoff, format_tradeoff, write_tradeoff
 from ._common import say
 from ._options import (
     DEFAULT_INPUT_SIZE,
@@ -62,7 +63,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     trade.add_argument("--calibration-images", type=int, default=DEFAULT_CALIBRATION_IMAGES, metavar="N",
                        help=f"int8-static calibration images (default {DEFAULT_CALIBRATION_IMAGES})")
     trade.add_argument("--quantize-ops", metavar="OP,OP", help="int8-static operator types (default Conv)")
-    add_output(parser, "DIR", "with --tradeoff: keep the graphs and write tradeoff.md, .json and .png here")
+    add_output(parser, "DIR", "with --tradeoff: keep the graphs and write tradeoff.md, .json and .png here "
+                              f"(default for a run folder: its {DEPLOY_FOLDER}/, which transkd report shows)")
     add_json(parser)
     add_no_progress(parser)
     parser.set_defaults(run=run)
@@ -70,6 +72,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_tradeoff(args: argparse.Namespace) -> int:
+    if args.output is None and Path(args.model).is_dir():  # kept beside the run: `transkd report` shows it
+        args.output = str(Path(args.model) / DEPLOY_FOLDER)
     static = QuantizeOptions("int8-static", ops=parse_ops(args.quantize_ops))
     result = deployment_tradeoff(args.model, args.data, output=args.output, variants=args.variants,
                                  threads=args.threads, input_size=args.input_size, repeats=args.repeats,

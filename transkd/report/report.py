@@ -3,7 +3,8 @@
 The runs are read from what the engine leaves behind (``config.yaml``, ``metrics.jsonl``,
 ``summary.json``, the deployable network in ``best/``); nothing is retrained. The report holds a comparison
 table (best val mIoU, gap closed, params, MACs, wall time), mIoU and loss curves, per-class IoU,
-sample predictions and each resolved config; every number says how it was measured.
+the deployment trade-off a run keeps, sample predictions and each resolved config; every number
+says how it was measured.
 """
 
 from __future__ import annotations
@@ -55,6 +56,14 @@ from .runs import (
     slug,
 )
 from .seeds import group_runs, seeds_section
+from .tradeoff import (
+    DEPLOY_FOLDER,
+    plot_tradeoff,
+    read_tradeoff,
+    setting_line,
+    tradeoff_notes,
+    tradeoff_table,
+)
 
 MARKDOWN_NAME, HTML_NAME, FIGURES_NAME = "REPORT.md", "report.html", "figures"
 
@@ -235,6 +244,29 @@ def class_iou_section(runs: Sequence[Run], figures: Path) -> list[Block]:
     return blocks
 
 
+def deployment_section(found: Sequence[tuple[Run, dict]], figures: Path) -> list[Block]:
+    """Accuracy against latency and size of each run's deployable forms, where the run keeps one
+    (``transkd bench RUN --tradeoff`` writes it to ``RUN/deploy/``); nothing is measured here."""
+    if not found:
+        return []
+    blocks: list[Block] = [Heading("Deployment: accuracy against latency"),
+                           Paragraph("As measured by `transkd bench RUN --tradeoff` and kept in the run's "
+                                     f"`{DEPLOY_FOLDER}/` folder: every variant scored with the same "
+                                     "pipeline and metric, timed interleaved on the same threads.")]
+    for run, result in found:
+        header, rows = tradeoff_table(result)
+        clock = "cpu" if result["threads"] == 1 else "wall"
+        path = plot_tradeoff(result, figures / f"tradeoff_{slug(run.name)}.png", clock=clock)
+        blocks += [Heading(f"{run.name}: its deployable forms", 3), Paragraph(setting_line(result)),
+                   Table(header, rows, set(range(1, len(header))))]
+        if path is not None:
+            what = "process CPU time" if clock == "cpu" else "wall time"
+            blocks.append(Figure(path, f"{run.name}: mIoU against median latency ({what}); marker area "
+                                       "by size on disk."))
+        blocks.append(Bullets(tradeoff_notes(result)))
+    return blocks
+
+
 def predictions_section(runs: Sequence[Run], figures: Path, data: ValidationData,
                         samples: int) -> tuple[list[Block], list[str]]:
     """Image | ground truth | each run's best network, on the first validation images."""
@@ -409,6 +441,7 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     labels = [g.label for g in group_runs(runs)]
     if baseline is not None and baseline not in labels:
         raise ConfigError(f"baseline {baseline!r} is not a row of the report (rows: {', '.join(labels)})")
+    tradeoffs = [(run, result) for run in runs if (result := read_tradeoff(run.path)) is not None]
     output = prepare_output(output)
     say(f"writing the report to {output}")
     figures = output / FIGURES_NAME
@@ -427,6 +460,7 @@ def write_report(paths: Sequence[str | Path], output: str | Path | None = None, 
     blocks += miou_section(runs, figures)
     blocks += loss_section(runs, figures)
     blocks += class_iou_section(runs, figures)
+    blocks += deployment_section(tradeoffs, figures)
     say("predicting sample images")
     prediction_blocks, notes = predictions_section(runs, figures, data, samples)
     blocks += prediction_blocks

@@ -237,37 +237,73 @@ def _load(load: list[float] | None) -> str:
     return "unknown" if not load else f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f} (1/5/15 min)"
 
 
-def format_tradeoff(result: dict[str, Any]) -> str:
-    """The result as a Markdown table; every column says what it holds."""
+#: Where a run folder keeps its trade-off (``transkd bench RUN --tradeoff``), read by ``transkd report``.
+DEPLOY_FOLDER = "deploy"
+TRADEOFF_FILE = "tradeoff.json"
+
+
+def tradeoff_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the table; every column says what it holds."""
     base = result["baseline"]
-    lines = [setting_line(result), "",
-             f"| variant | mIoU % | wall ms (median) | wall IQR ms | CPU ms (median) | speed vs {base} "
-             "(wall / CPU) | of torch.mm peak (wall / CPU) | size MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    header = ["variant", "mIoU %", "wall ms (median)", "wall IQR ms", "CPU ms (median)",
+              f"speed vs {base} (wall / CPU)", "of torch.mm peak (wall / CPU)", "size MB"]
+    rows = []
     for row in result["rows"]:
         if row.get("status") != "ok" or "latency" not in row:
-            lines.append(f"| {row['variant']} | unavailable: {row.get('reason', 'not timed')} | | | | | | |")
+            rows.append([row["variant"], f"unavailable: {row.get('reason', 'not timed')}"] + [""] * 6)
             continue
         lat, cpu = row["latency"], row["cpu_time"]
         speed = (f"{row['speed_vs_baseline_wall']:.2f}× / {row['speed_vs_baseline_cpu']:.2f}×"
                  if "speed_vs_baseline_wall" in row else "n/a")
-        lines.append(
-            f"| {row['variant']} | {_number(row.get('miou'), 2, 100)} | {lat['median_ms']:.1f} | "
-            f"{lat['q25_ms']:.1f}–{lat['q75_ms']:.1f} | {cpu['median_ms']:.1f} | {speed} | "
-            f"{100 * row['fraction_of_peak_wall']:.1f}% / {100 * row['fraction_of_peak_cpu']:.1f}% | "
-            f"{row['size_mb']:.1f} |")
+        rows.append([row["variant"], _number(row.get("miou"), 2, 100), f"{lat['median_ms']:.1f}",
+                     f"{lat['q25_ms']:.1f}–{lat['q75_ms']:.1f}", f"{cpu['median_ms']:.1f}", speed,
+                     f"{100 * row['fraction_of_peak_wall']:.1f}% / {100 * row['fraction_of_peak_cpu']:.1f}%",
+                     f"{row['size_mb']:.1f}"])
+    return header, rows
+
+
+def tradeoff_notes(result: dict[str, Any]) -> list[str]:
+    """The sentences under the table: the peak it is measured against, and each lowering."""
     peak = result["peak"]
-    lines += ["", f"torch.mm peak: {peak['what']}, timed in the same interleaved rounds on the same threads: "
-              f"{peak['gflops_per_s_wall']:.1f} GFLOP/s by wall time, {peak['gflops_per_s_cpu']:.1f} by CPU "
-              f"time; FLOPs per forward {result['flops_per_forward'] / 1e9:.2f} G "
-              f"({result['flops_convention']}). CPU ms: process CPU time (all threads), which other "
-              "processes on the machine do not inflate."]
+    notes = [f"torch.mm peak: {peak['what']}, timed in the same interleaved rounds on the same threads: "
+             f"{peak['gflops_per_s_wall']:.1f} GFLOP/s by wall time, {peak['gflops_per_s_cpu']:.1f} by CPU "
+             f"time; FLOPs per forward {result['flops_per_forward'] / 1e9:.2f} G "
+             f"({result['flops_convention']}). CPU ms: process CPU time (all threads), which other "
+             "processes on the machine do not inflate."]
     for row in result["rows"]:
         if row.get("lowering") and row["lowering"].get("precision") not in (None, "fp32"):
             details = ", ".join(f"{k} {','.join(v) if isinstance(v, list) else v}"
                                 for k, v in row["lowering"].items() if k != "precision")
-            lines.append(f"- {row['variant']}: {details}")
+            notes.append(f"{row['variant']}: {details}")
+    return notes
+
+
+def format_tradeoff(result: dict[str, Any]) -> str:
+    """The result as Markdown: the setting, the table and its notes."""
+    header, rows = tradeoff_table(result)
+    lines = [setting_line(result), "", "| " + " | ".join(header) + " |",
+             "|---|" + "---:|" * (len(header) - 1)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    notes = tradeoff_notes(result)
+    lines += ["", notes[0]] + [f"- {note}" for note in notes[1:]]
     return "\n".join(lines)
+
+
+def read_tradeoff(run_dir: str | os.PathLike) -> dict[str, Any] | None:
+    """The trade-off kept in a run folder (``deploy/tradeoff.json``), or None when it has none.
+
+    A file that is not a trade-off result is an error naming it, not a silently missing section."""
+    path = Path(run_dir) / DEPLOY_FOLDER / TRADEOFF_FILE
+    if not path.is_file():
+        return None
+    try:
+        result = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a readable trade-off result ({exc})") from None
+    if not isinstance(result, dict) or not {"rows", "baseline", "peak", "machine"} <= result.keys():
+        raise ConfigError(f"{path} is not a trade-off result written by transkd bench --tradeoff "
+                          "(it lacks rows, baseline, peak or machine)")
+    return result
 
 
 def plot_tradeoff(result: dict[str, Any], path: str | os.PathLike, clock: str = "wall") -> Path | None:
@@ -312,5 +348,5 @@ def write_tradeoff(result: dict[str, Any], folder: str | os.PathLike) -> dict[st
     return written
 
 
-__all__ = ["VARIANTS", "deployment_tradeoff", "format_tradeoff", "plot_tradeoff", "setting_line",
-           "write_tradeoff"]
+__all__ = ["DEPLOY_FOLDER", "VARIANTS", "deployment_tradeoff", "format_tradeoff", "plot_tradeoff",
+           "read_tradeoff", "setting_line", "tradeoff_notes", "tradeoff_table", "write_tradeoff"]
