@@ -39,6 +39,7 @@ from transkd.deploy import Student  # noqa: E402
 from transkd.deploy.bench import (  # noqa: E402
     cpu_description,
     format_operator_profile,
+    load_average,
     onnx_operator_profile,
     summarize,
     time_interleaved,
@@ -71,12 +72,6 @@ SCHEMES = {
     "qoperator-conv-matmul-pc-u8": {"ops": ("Conv", "MatMul"), "quant_format": "qoperator"},
 }
 ALL_OPS = "all"  # ops None in SCHEMES: every operator type onnxruntime's static quantiser knows
-
-
-def load_average() -> list[float]:
-    import os
-
-    return [round(v, 2) for v in os.getloadavg()]
 
 
 def sessions_table(graphs: dict[str, Path], threads: int, size: tuple[int, int], repeats: int, warmup: int,
