@@ -56,7 +56,8 @@ def make_camvid(root: Path, names=("b_002", "a_001", "c_003"), split="train") ->
 # ----------------------------------------------------------------------------------- registry
 
 def test_registry_lists_every_dataset():
-    assert list_datasets() == ["acdc", "camvid", "cityscapes", "folder", "nyuv2", "synthetic", "voc"]
+    assert list_datasets() == ["acdc", "ade20k", "camvid", "cityscapes", "folder", "nyuv2", "synthetic",
+                               "voc"]
     for name in list_datasets():
         cls = dataset_class(name)
         if name != "folder":
@@ -67,6 +68,7 @@ def test_registry_lists_every_dataset():
     assert len(dataset_class("nyuv2").class_names) == 40
     assert len(dataset_class("voc").class_names) == 21
     assert len(dataset_class("camvid").class_names) == 11
+    assert len(dataset_class("ade20k").class_names) == 150
 
 
 def test_registry_errors(tmp_path):
@@ -88,6 +90,46 @@ def test_label_map_describes_and_rejects_values(tmp_path):
     assert lut.apply(raw, tmp_path / "x.png").tolist() == [[0, 10, 255, 255]]
     with pytest.raises(DatasetError, match=r"x\.png holds value\(s\) 12, 200"):
         lut.apply(np.array([[12, 200, 3]], np.uint8), tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------ ADE20K
+
+def make_ade20k(root: Path, folder: str = "validation", names=("ADE_val_00000002", "ADE_val_00000001")):
+    """ADEChallengeData2016 layout: jpg images, png labels with 0 = other and 1..150."""
+    raw = {}
+    for i, name in enumerate(names):
+        write_image(root / "images" / folder / f"{name}.jpg", 60 + 100 * i)
+        raw[name] = write_label(root / "annotations" / folder / f"{name}.png", [0, 1, 150, 7 + i])
+    return raw
+
+
+def test_ade20k_shifts_classes_by_one_and_ignores_other(tmp_path):
+    raw = make_ade20k(tmp_path)
+    make_ade20k(tmp_path, "training", names=("ADE_train_00000001",))
+    ds = build_dataset("ade20k", tmp_path, split="val")
+    assert (ds.name, len(ds), ds.num_classes) == ("ade20k", 2, 150)
+    assert ds.class_names[0] == "wall" and ds.class_names[-1] == "flag"
+    assert ds.names == ["ADE_val_00000001", "ADE_val_00000002"]
+    for sample in ds:
+        stored = raw[sample.name].astype(np.int64)
+        expected = np.where(stored == 0, 255, stored - 1)  # 0 → ignore, k → k - 1
+        assert np.array_equal(sample.label, expected)
+        written = 60 + 100 * list(raw).index(sample.name)  # the image of that name (jpg: lossy)
+        assert abs(int(sample.image[0, 0, 0]) - written) <= 4
+    assert ds.validate(strict=True) == 2
+    assert len(build_dataset("ade20k", tmp_path, split="train")) == 1
+    assert len(build_dataset("ade20k", tmp_path, split="training")) == 1
+    counts = ds.class_pixel_counts()
+    assert counts.shape == (150,) and counts[149] > 0 and counts[0] > 0
+
+
+def test_ade20k_errors_name_the_folder_and_value(tmp_path):
+    make_ade20k(tmp_path)
+    with pytest.raises(DatasetError, match="ADE20K split 'train' not found.*ADEChallengeData2016"):
+        build_dataset("ade20k", tmp_path, split="train")
+    write_label(tmp_path / "annotations" / "validation" / "ADE_val_00000001.png", [151])
+    with pytest.raises(DatasetError, match=r"ADE_val_00000001\.png holds value\(s\) 151"):
+        build_dataset("ade20k", tmp_path, split="val")[0]
 
 
 # ------------------------------------------------------------------------------------ CamVid
