@@ -168,3 +168,14 @@ def test_a_training_run_keeps_the_head_at_ten_times_the_rate_in_its_checkpoint(t
     assert rates["head"] == pytest.approx(10 * rates["backbone"]) and rates["backbone"] == pytest.approx(6e-5)
     decay = {g["name"]: g["weight_decay"] for g in groups}
     assert decay == {"backbone": 0.01, "backbone_no_decay": 0.0, "head": 0.01, "head_no_decay": 0.0}
+
+
+def test_only_the_students_head_is_the_head_and_adapters_learn_at_the_base_rate():
+    """Inside a Distiller the student sits under ``student.``; an adapter named ``head`` is not it."""
+    trained = nn.ModuleDict({"student": tiny_segformer(),
+                             "methods": nn.ModuleDict({"m": nn.ModuleDict({"head": nn.Linear(4, 4)})})})
+    groups = parameter_groups(trained, 1e-3, 0.01, SEGFORMER)
+    group_of = {id(p): g["name"] for g in groups for p in g["params"]}
+    for name, p in trained.named_parameters():
+        head = name.startswith("student.decode_head.")
+        assert group_of[id(p)].startswith("head") == head, name
