@@ -146,6 +146,7 @@ def test_presets_cover_every_baseline_ablation_and_dataset():
     assert load_config(CONFIGS / "cityscapes/transkd_base_b2-b0_pea4_paper1000e.yaml") \
         .distill.options["pea_stages"] == [4]
     for dataset, schedule in (("cityscapes", "standard160k"), ("ade20k", "standard160k"),
+                              ("coco_stuff", "standard160k"),
                               ("voc", "standard40k"), ("nyuv2", "standard40k")):
         for stem in ("teacher_b2", "student_b0", "transkd_base_b2-b0"):
             assert f"{dataset}/{stem}_{schedule}.yaml" in names, (dataset, stem)

@@ -65,7 +65,8 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    #: ``cityscapes``, ``acdc``, ``ade20k``, ``nyuv2``, ``voc``, ``camvid``, ``folder`` or ``synthetic``;
+    #: ``cityscapes``, ``acdc``, ``ade20k``, ``coco_stuff``, ``nyuv2``, ``voc``, ``camvid``, ``folder``
+    #: or ``synthetic``;
     #: ``none``: no labelled dataset (distillation on ``unlabelled`` alone, classes from the teacher).
     name: str = "synthetic"
     root: str | None = None
