@@ -4,7 +4,9 @@ import pytest
 import yaml
 
 from transkd.config import Config, config_from_dict, load_config, parse_override
+from transkd.engine.optim import GROUP_NAMES, GroupRule, parameter_groups
 from transkd.errors import ConfigError
+from transkd.models import create_model
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -136,6 +138,39 @@ def test_presets_exist_for_every_dataset_of_the_paper_and_camvid():
         assert expected in names, expected
 
 
+def test_presets_cover_every_baseline_ablation_and_dataset():
+    names = {p.relative_to(CONFIGS).as_posix() for p in _presets()}
+    for method in ("skd", "ifvd", "dist", "fitnet", "csf_only", "pea_only"):
+        assert f"cityscapes/{method}_b2-b0_paper1000e.yaml" in names, method
+    assert "cityscapes/transkd_base_b2-b0_pea4_paper1000e.yaml" in names
+    assert load_config(CONFIGS / "cityscapes/transkd_base_b2-b0_pea4_paper1000e.yaml") \
+        .distill.options["pea_stages"] == [4]
+    for dataset, schedule in (("cityscapes", "standard160k"), ("ade20k", "standard160k"),
+                              ("coco_stuff", "standard160k"),
+                              ("voc", "standard40k"), ("nyuv2", "standard40k")):
+        for stem in ("teacher_b2", "student_b0", "transkd_base_b2-b0"):
+            assert f"{dataset}/{stem}_{schedule}.yaml" in names, (dataset, stem)
+
+
+@pytest.mark.parametrize("dataset, crop, scale, batch, mode", [
+    ("cityscapes", (1024, 1024), (2048, 1024), 1, "slide"),
+    ("ade20k", (512, 512), (2048, 512), 2, "whole"),
+])
+def test_segformer_recipe_presets_are_the_published_protocol(dataset, crop, scale, batch, mode):
+    """SegFormer's recipe (mmsegmentation 8 GPUs x batch; 160k iterations, AdamW 6e-5, head x10,
+    no decay on norms and position embeddings, warm-up 1500 then poly 1)."""
+    config = load_config(CONFIGS / dataset / "student_b0_standard160k.yaml")
+    assert config.model.init == "pretrained/mit_b0.safetensors"
+    assert config.protocol.name == "standard" and config.protocol.crop_size == crop
+    assert config.protocol.scale == scale and config.protocol.ratio_range == (0.5, 2.0)
+    assert config.train.iterations == 160_000 and config.train.batch_size == batch
+    assert config.optim.lr == 6e-5 and config.optim.weight_decay == 0.01
+    assert config.optim.head_lr_mult == 10 and set(config.optim.no_decay) == {"norm", "pos_embed"}
+    assert config.schedule.kind == "standard" and config.schedule.warmup_iters == 1500
+    assert config.schedule.power == 1 and config.schedule.min_lr_ratio == 0
+    assert config.eval.mode == mode and config.data.selection == "last"
+
+
 @pytest.mark.parametrize("path", _presets(), ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_every_preset_loads_and_validates(path):
     config = load_config(path)
@@ -146,8 +181,16 @@ def test_every_preset_loads_and_validates(path):
         teacher = config.teacher.name.removeprefix("segformer_")
         assert path.stem.startswith(f"{config.distill.method}_{teacher}-{student}_")
         assert config.teacher.weights is not None
+        if config.teacher.weights.startswith("runs/"):  # another preset's run: that preset exists
+            run = Path(config.teacher.weights).parts[2]
+            assert (path.parent / f"{run}.yaml").is_file(), config.teacher.weights
     else:
         assert path.stem.split("_")[1] == student
+    if config.optim.head_lr_mult != 1 or config.optim.no_decay:  # the groups build on this network
+        network = create_model(config.model.name, num_classes=2)
+        rule = GroupRule(config.optim.head_lr_mult, tuple(config.optim.no_decay))
+        groups = parameter_groups(network, config.optim.lr, config.optim.weight_decay, rule, "")
+        assert {g["name"] for g in groups} == set(GROUP_NAMES)
 
 
 def test_a_warm_up_as_long_as_the_run_still_loads():

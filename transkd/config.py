@@ -65,7 +65,8 @@ class TeacherConfig:
 
 @dataclass
 class DataConfig:
-    #: ``cityscapes``, ``acdc``, ``nyuv2``, ``voc``, ``camvid``, ``folder`` or ``synthetic``;
+    #: ``cityscapes``, ``acdc``, ``ade20k``, ``coco_stuff``, ``nyuv2``, ``voc``, ``camvid``, ``folder``
+    #: or ``synthetic``;
     #: ``none``: no labelled dataset (distillation on ``unlabelled`` alone, classes from the teacher).
     name: str = "synthetic"
     root: str | None = None
@@ -135,6 +136,11 @@ class OptimConfig:
     weight_decay: float = 0.01
     #: Clip the global gradient norm to this value; None: no clipping.
     grad_clip_norm: float | None = None
+    #: Learning rate of the student's decode head as a multiple of ``lr`` (SegFormer: 10).
+    head_lr_mult: float = 1.0
+    #: Parameters without weight decay: kinds ``norm``, ``bias``, ``pos_embed`` and/or fnmatch
+    #: patterns of parameter names (SegFormer: ``[norm, pos_embed]``). See ``engine/optim.py``.
+    no_decay: tuple[str, ...] = ()
 
 
 @dataclass
@@ -465,6 +471,10 @@ def _check_optim(optim: OptimConfig) -> None:
              f"must be non-negative, got {optim.weight_decay}")
     _require(optim.grad_clip_norm is None or optim.grad_clip_norm > 0, "optim.grad_clip_norm",
              f"must be positive or null, got {optim.grad_clip_norm}")
+    _require(0 < optim.head_lr_mult <= 1000, "optim.head_lr_mult",
+             f"must be in (0, 1000], got {optim.head_lr_mult}")
+    _require(all(entry.strip() for entry in optim.no_decay), "optim.no_decay",
+             "must list kinds (norm, bias, pos_embed) or parameter-name patterns, got an empty entry")
 
 
 def _check_schedule(config: Config) -> None:

@@ -56,7 +56,8 @@ def make_camvid(root: Path, names=("b_002", "a_001", "c_003"), split="train") ->
 # ----------------------------------------------------------------------------------- registry
 
 def test_registry_lists_every_dataset():
-    assert list_datasets() == ["acdc", "camvid", "cityscapes", "folder", "nyuv2", "synthetic", "voc"]
+    assert list_datasets() == ["acdc", "ade20k", "camvid", "cityscapes", "coco_stuff", "folder", "nyuv2",
+                               "synthetic", "voc"]
     for name in list_datasets():
         cls = dataset_class(name)
         if name != "folder":
@@ -67,6 +68,8 @@ def test_registry_lists_every_dataset():
     assert len(dataset_class("nyuv2").class_names) == 40
     assert len(dataset_class("voc").class_names) == 21
     assert len(dataset_class("camvid").class_names) == 11
+    assert len(dataset_class("ade20k").class_names) == 150
+    assert len(dataset_class("coco_stuff").class_names) == 171
 
 
 def test_registry_errors(tmp_path):
@@ -88,6 +91,46 @@ def test_label_map_describes_and_rejects_values(tmp_path):
     assert lut.apply(raw, tmp_path / "x.png").tolist() == [[0, 10, 255, 255]]
     with pytest.raises(DatasetError, match=r"x\.png holds value\(s\) 12, 200"):
         lut.apply(np.array([[12, 200, 3]], np.uint8), tmp_path / "x.png")
+
+
+# ------------------------------------------------------------------------------------ ADE20K
+
+def make_ade20k(root: Path, folder: str = "validation", names=("ADE_val_00000002", "ADE_val_00000001")):
+    """ADEChallengeData2016 layout: jpg images, png labels with 0 = other and 1..150."""
+    raw = {}
+    for i, name in enumerate(names):
+        write_image(root / "images" / folder / f"{name}.jpg", 60 + 100 * i)
+        raw[name] = write_label(root / "annotations" / folder / f"{name}.png", [0, 1, 150, 7 + i])
+    return raw
+
+
+def test_ade20k_shifts_classes_by_one_and_ignores_other(tmp_path):
+    raw = make_ade20k(tmp_path)
+    make_ade20k(tmp_path, "training", names=("ADE_train_00000001",))
+    ds = build_dataset("ade20k", tmp_path, split="val")
+    assert (ds.name, len(ds), ds.num_classes) == ("ade20k", 2, 150)
+    assert ds.class_names[0] == "wall" and ds.class_names[-1] == "flag"
+    assert ds.names == ["ADE_val_00000001", "ADE_val_00000002"]
+    for sample in ds:
+        stored = raw[sample.name].astype(np.int64)
+        expected = np.where(stored == 0, 255, stored - 1)  # 0 → ignore, k → k - 1
+        assert np.array_equal(sample.label, expected)
+        written = 60 + 100 * list(raw).index(sample.name)  # the image of that name (jpg: lossy)
+        assert abs(int(sample.image[0, 0, 0]) - written) <= 4
+    assert ds.validate(strict=True) == 2
+    assert len(build_dataset("ade20k", tmp_path, split="train")) == 1
+    assert len(build_dataset("ade20k", tmp_path, split="training")) == 1
+    counts = ds.class_pixel_counts()
+    assert counts.shape == (150,) and counts[149] > 0 and counts[0] > 0
+
+
+def test_ade20k_errors_name_the_folder_and_value(tmp_path):
+    make_ade20k(tmp_path)
+    with pytest.raises(DatasetError, match="ADE20K split 'train' not found.*ADEChallengeData2016"):
+        build_dataset("ade20k", tmp_path, split="train")
+    write_label(tmp_path / "annotations" / "validation" / "ADE_val_00000001.png", [151])
+    with pytest.raises(DatasetError, match=r"ADE_val_00000001\.png holds value\(s\) 151"):
+        build_dataset("ade20k", tmp_path, split="val")[0]
 
 
 # ------------------------------------------------------------------------------------ CamVid
@@ -441,3 +484,35 @@ def test_validate_checks_the_sample_contract_of_any_dataset():
     assert TwoClasses(1).class_pixel_counts().tolist() == [0, 32]
     with pytest.raises(DatasetError, match="sample 's0' of two: label value 2"):
         TwoClasses(2).validate()
+
+
+# ------------------------------------------------------------------------------- COCO-Stuff
+
+def test_coco_stuff_maps_coco_ids_to_171_train_ids(tmp_path):
+    # stuffthingmaps store COCO id - 1: person (id 1) = 0, stop sign (id 13) = 12, stuff
+    # 'banner' (id 92) = 91, 'wood' (id 182) = 181, hat (id 26, never annotated) = 25, 255.
+    write_image(tmp_path / "images" / "val2017" / "000000000139.jpg", 90)
+    write_label(tmp_path / "annotations" / "val2017" / "000000000139.png", [0, 12, 91, 181, 25, 255])
+    write_image(tmp_path / "images" / "val2017" / "000000000285.jpg", 90)
+    write_label(tmp_path / "annotations" / "val2017" / "000000000285.png", [3])
+    write_label(tmp_path / "annotations" / "val2017" / "000000000285_labelTrainIds.png", [170])
+    unused = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91}
+    used = [i for i in range(1, 183) if i not in unused]  # class k is the k-th used COCO id
+    assert len(used) == 171
+    expected = {0: used.index(1), 12: used.index(13), 91: used.index(92), 181: used.index(182),
+                25: 255, 255: 255}
+    assert (expected[12], expected[91], expected[181]) == (11, 80, 170)
+
+    raw = build_dataset("coco_stuff", tmp_path, split="val", label_source="stuffthingmaps")
+    assert (raw.num_classes, raw.names) == (171, ["000000000139", "000000000285"])
+    assert raw.class_names[0] == "person" and raw.class_names[80] == "banner"
+    assert raw.class_names[-1] == "wood"
+    sample = raw[0]
+    assert [int(v) for v in sample.label[:6, 0]] == [expected[v] for v in (0, 12, 91, 181, 25, 255)]
+    assert int(raw[1].label[0, 0]) == 3  # car (id 4) → 3
+    auto = build_dataset("coco_stuff", tmp_path, split="val")
+    assert int(auto[1].label[0, 0]) == 170 and int(auto[0].label[1, 0]) == 11  # converted where present
+    with pytest.raises(DatasetError, match="000000000139"):  # trainids only: a label is missing
+        build_dataset("coco_stuff", tmp_path, split="val", label_source="trainids")
+    with pytest.raises(ConfigError, match="label_source must be one of auto, stuffthingmaps, trainids"):
+        build_dataset("coco_stuff", tmp_path, split="val", label_source="ids")

@@ -3,8 +3,8 @@
 Every run goes through the :class:`~transkd.distill.Distiller` interface: plain training is the
 method ``none`` (cross-entropy only), distillation adds a frozen teacher and the method's
 adapters. The loop owns what is common to all of them: AdamW over ``distiller.parameters()``
-(student + adapters; the teacher is not a submodule), the learning-rate schedule, mixed
-precision, gradient accumulation, DDP, validation, checkpoints and logs.
+(student + adapters; the teacher is not a submodule; split into groups by ``engine/optim.py``),
+the learning-rate schedule, mixed precision, gradient accumulation, DDP, validation, checkpoints and logs.
 
 Reproducibility: seeds for torch/NumPy/Python; augmentation drawn from a per-sample generator
 seeded by ``[seed, epoch, index]``; the sampler's order a pure function of ``(seed, epoch)``;
@@ -62,6 +62,7 @@ from .distributed import (
 from .evaluate import InferenceOptions, evaluate
 from .interrupt import StopRequest
 from .logging import MetricsLogger
+from .optim import GroupRule, check_resumable, parameter_groups
 from .schedule import LRSchedule, ScheduleSpec
 
 #: Folder of a run holding the reported checkpoint's per-image confusion matrices.
@@ -305,8 +306,9 @@ class Trainer:
 
     def _optimizer(self) -> torch.optim.Optimizer:
         optim = self.config.optim
-        params = [p for p in self.distiller.parameters() if p.requires_grad]
-        return torch.optim.AdamW(params, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+        rule = GroupRule(head_lr_mult=optim.head_lr_mult, no_decay=tuple(optim.no_decay))
+        groups = parameter_groups(self.distiller, optim.lr, optim.weight_decay, rule)
+        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
                                  weight_decay=optim.weight_decay)
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> LRSchedule:
@@ -804,6 +806,7 @@ class Trainer:
                                f"{checkpoint.get('method')!r}, this run uses "
                                f"{self.distiller.method_name!r}")
         load_state_strict(self.distiller, checkpoint["model"], source=str(path))
+        check_resumable(checkpoint["optimizer"]["param_groups"], optimizer.param_groups, str(path))
         optimizer.load_state_dict(checkpoint["optimizer"])
         schedule.load_state_dict(checkpoint["schedule"])
         if checkpoint.get("scaler") is not None and scaler.is_enabled():

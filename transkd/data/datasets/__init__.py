@@ -3,7 +3,7 @@
 Importing this package registers every dataset with ``build_dataset``.
 """
 
-from . import acdc, camvid, cityscapes, folder, nyuv2, synthetic, voc  # noqa: F401  (registers)
+from . import acdc, ade20k, camvid, cityscapes, coco_stuff, folder, nyuv2, synthetic, voc  # noqa: F401  (registers)
 from .base import IGNORE_INDEX, FilePairDataset, Sample, SegmentationDataset, voc_color_map
 from .files import LabelMap
 from .registry import (
