@@ -119,6 +119,16 @@ def test_int8_dynamic_quantises_matmuls(student, tmp_path):
     assert not ops["ConvInteger"]
 
 
+def test_precision_int8_is_the_dynamic_matmul_graph(student, tmp_path, capsys):
+    path = tmp_path / "int8.onnx"
+    code = main(["export", str(student), "-o", str(path), "--exporter", "torchscript", "--no-progress",
+                 "--precision", "int8", "--input-size", "64", "96"])
+    assert code == 0 and "int8-dynamic" in capsys.readouterr().out
+    ops = op_types(path)
+    assert (ops["MatMulInteger"] or ops["DynamicQuantizeLinear"]) and not ops["ConvInteger"]
+    assert onnx_metadata(path)["precision"] == "int8-dynamic"
+
+
 @pytest.mark.parametrize(("arguments", "message"), [
     (["--precision", "int8-static"], "--precision int8-static needs calibration images"),
     (["--precision", "int8-static", "--calibration-data", "x", "--quantize-ops", "Conv,Frobnicate"],

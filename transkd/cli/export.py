@@ -9,7 +9,7 @@ from ..deploy.export import ATTENTIONS, EXPORTERS, FORMATS, export_model
 from ..deploy.quantize import (
     ACTIVATION_TYPES,
     DEFAULT_CALIBRATION_IMAGES,
-    PRECISIONS,
+    PRECISION_CHOICES,
     QUANT_FORMATS,
     QuantizeOptions,
     parse_ops,
@@ -51,8 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="standard (ONNX MatMul/Softmax, any runtime) or fused (onnxruntime's "
                              "MultiHeadAttention kernel; needs --exporter torchscript)")
     quant = parser.add_argument_group("precision (ONNX only)")
-    quant.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                       help="fp32 (default); fp16 (float16 weights and activations, float32 input and "
+    quant.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                       help="fp32 (default); int8 (the INT8 variant to ship unmeasured: int8-dynamic); fp16 (float16 weights and activations, float32 input and "
                             "output; for GPU providers); int8-dynamic (int8 weights, activations "
                             "quantised per call); int8-static (int8 weights and activations calibrated "
                             "on --calibration-data)")
