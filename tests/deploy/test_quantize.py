@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -18,13 +19,19 @@ from transkd.cli import main
 from transkd.config import load_config
 from transkd.deploy.bench import format_operator_profile, onnx_operator_profile
 from transkd.deploy.export import export_model
-from transkd.deploy.quantize import QuantizeOptions
+from transkd.deploy.quantize import QuantizeOptions, checked_calibration
 from transkd.engine import build
 from transkd.engine.score import evaluate_checkpoint, evaluation_images
 from transkd.errors import ConfigError
 from transkd.models import create_model
 from transkd.models.onnx_graph import OnnxSegmentor, onnx_metadata
-from transkd.report.tradeoff import deployment_tradeoff, format_tradeoff, write_tradeoff
+from transkd.report.tradeoff import (
+    AccuracyCheck,
+    deployment_tradeoff,
+    exported_accuracy,
+    format_tradeoff,
+    write_tradeoff,
+)
 from transkd.weights.io import save_model
 
 OVERRIDES = ["data.options={length: 4, size: [32, 64]}", "data.val_options={length: 3}",
@@ -188,3 +195,49 @@ def test_fused_attention_is_one_onnxruntime_kernel_per_attention_and_matches(stu
     with pytest.raises(ConfigError, match="--attention fused needs --exporter torchscript"):
         export_model(student, tmp_path / "other.onnx", attention="fused",
                      **{**EXPORT, "exporter": "dynamo"})
+
+
+def test_exported_accuracy_scores_source_and_graph_on_the_same_split(student, fp32_graph):
+    check = exported_accuracy(student, fp32_graph, overrides=OVERRIDES, threads=1, max_drop=0.1)
+    independent = 100 * evaluate_checkpoint(fp32_graph, overrides=OVERRIDES, threads=1).metrics["miou"]
+    assert check.exported == pytest.approx(independent) and check.split == "val" and check.images == 3
+    assert abs(check.drop) <= 0.1 and not check.flagged
+    assert AccuracyCheck(50.0, 47.5, "val", 3, 2.0).flagged
+    assert not AccuracyCheck(50.0, 48.5, "val", 3, 2.0).flagged
+    assert AccuracyCheck(50.0, float("nan"), "val", 3, 2.0).flagged
+    with pytest.raises(ConfigError, match="--max-drop"):
+        exported_accuracy(student, fp32_graph, max_drop=-1)
+
+
+def test_an_export_that_loses_more_than_max_drop_is_flagged_and_kept(student, tmp_path, capsys,
+                                                                      monkeypatch):
+    from transkd.cli import export as export_cli
+
+    seen = {}
+
+    def fake_accuracy(source, graph, data_root, *, last, max_drop):
+        seen.update(source=source, graph=graph, data_root=data_root, max_drop=max_drop)
+        return AccuracyCheck(40.0, 36.5, "val", 3, max_drop)
+
+    monkeypatch.setattr(export_cli, "exported_accuracy", fake_accuracy)
+    path = tmp_path / "int8.onnx"
+    code = main(["export", str(student), "-o", str(path), "--exporter", "torchscript", "--no-progress",
+                 "--precision", "int8", "--input-size", "32", "64", "--eval-data", "--max-drop", "3"])
+    out, err = capsys.readouterr()
+    assert code == export_cli.ACCURACY_FLAGGED and path.is_file()
+    assert seen == {"source": str(student), "graph": path, "data_root": None, "max_drop": 3.0}
+    assert "drop 3.50 points (--max-drop 3)" in out
+    assert err.startswith("WARNING: ") and "loses 3.50 mIoU points" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("images", "message"), [
+    ([], "gave no images"),
+    ([np.zeros((1, 1, 32, 64))], "has shape (1, 1, 32, 64)"),
+    ([np.zeros((1, 3, 32, 64)), np.zeros((1, 3, 8, 16))], "calibration image 1 is 8x16"),
+    ([np.zeros((1, 3, 200, 300))], "calibration image 0 is 200x300"),
+])
+def test_calibration_images_that_cannot_calibrate_are_one_sentence(images, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        checked_calibration(images, 32, 64)
+    assert "\n" not in str(error.value)
+    assert len(checked_calibration([np.zeros((3, 40, 60))], 32, 64)) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..deploy.export import ATTENTIONS, EXPORTERS, FORMATS, export_model
@@ -15,6 +16,8 @@ from ..deploy.quantize import (
     parse_ops,
 )
 from ..engine.score import evaluation_images
+from ..errors import ConfigError
+from ..report.tradeoff import DEFAULT_MAX_DROP, exported_accuracy
 from ._common import say
 from ._options import add_input_size, add_model, add_no_progress, add_output, yaml_string
 
@@ -52,7 +55,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                              "MultiHeadAttention kernel; needs --exporter torchscript)")
     quant = parser.add_argument_group("precision (ONNX only)")
     quant.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
-                       help="fp32 (default); int8 (the INT8 variant to ship unmeasured: int8-dynamic); fp16 (float16 weights and activations, float32 input and "
+                       help="fp32 (default); int8 (the INT8 variant to ship unmeasured: int8-dynamic); fp16 "
+                            "(float16 weights and activations, float32 input and "
                             "output; for GPU providers); int8-dynamic (int8 weights, activations "
                             "quantised per call); int8-static (int8 weights and activations calibrated "
                             "on --calibration-data)")
@@ -78,12 +82,29 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                        help="int8: one weight scale per tensor instead of per output channel")
     quant.add_argument("--reduce-range", action="store_true",
                        help="int8: 7-bit weights (avoids saturation on CPUs without VNNI)")
+    quant.add_argument("--eval-data", nargs="?", const="", metavar="ROOT",
+                       help="after writing, score the source network (PyTorch fp32) and the graph on the "
+                            "dataset's validation split (ROOT: the dataset's folder; alone: the one in the "
+                            "run's config) and flag a graph that loses more than --max-drop")
+    quant.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP, metavar="POINTS",
+                       help=f"with --eval-data: mIoU points the graph may lose before export flags it and "
+                            f"exits with status {ACCURACY_FLAGGED} (default {DEFAULT_MAX_DROP:g})")
     add_no_progress(parser)
     parser.set_defaults(run=run)
     return parser
 
 
+#: Exit status of an export whose graph was written but lost more than --max-drop mIoU points.
+ACCURACY_FLAGGED = 3
+
+
 def run(args: argparse.Namespace) -> int:
+    if not args.max_drop >= 0:
+        raise ConfigError(f"--max-drop must be a non-negative number of mIoU points, got {args.max_drop:g}")
+    safetensors_output = args.format == "safetensors" or (
+        args.format is None and str(args.output).lower().endswith(".safetensors"))
+    if args.eval_data is not None and safetensors_output:
+        raise ConfigError("--eval-data scores an exported ONNX graph; give an .onnx output or --format onnx")
     quantize = QuantizeOptions(args.precision, ops=parse_ops(args.quantize_ops),
                                per_channel=not args.per_tensor, quant_format=args.quant_format,
                                activation_type=args.activation_type,
@@ -120,4 +141,18 @@ def run(args: argparse.Namespace) -> int:
     say(f"wrote {result.path} (ONNX opset {result.opset}, {args.exporter} exporter, exported at "
         f"{size[0]}x{size[1]}, dynamic batch/height/width; fp32 graph max abs diff "
         f"{result.max_abs_diff:.2e} <= tolerance {args.tolerance:g}{lowering}; {result.seconds:.1f} s)")
+    if args.eval_data is None:
+        return 0
+    check = exported_accuracy(args.model, result.path, args.eval_data or None, last=args.last,
+                              max_drop=args.max_drop)
+    say(f"mIoU on {check.split} ({check.images} images, same pipeline): source network (PyTorch fp32) "
+        f"{check.reference:.2f}%, {result.path.name} ({result.precision}, onnxruntime) "
+        f"{check.exported:.2f}%; "
+        f"drop {check.drop:.2f} points (--max-drop {check.max_drop:g})")
+    if check.flagged:
+        print(f"WARNING: {result.path} ({result.precision}) loses {check.drop:.2f} mIoU points against its "
+              f"source network on {check.split}, more than --max-drop {check.max_drop:g}: the file is "
+              "written, but try another scheme (--quantize-ops, --per-tensor, --reduce-range, more "
+              "--calibration-images) or fp32 before shipping it", file=sys.stderr)
+        return ACCURACY_FLAGGED
     return 0

@@ -50,7 +50,7 @@ from ..models.onnx_graph import onnx_session
 from ..progress import Progress
 from ..weights.io import atomic_write, save_model
 from . import Student
-from .quantize import QuantizeOptions, lower_precision
+from .quantize import QuantizeOptions, checked_calibration, lower_precision
 
 EXPORTERS = ("dynamo", "torchscript")
 #: "standard": attention as ONNX MatMul/Softmax; "fused": onnxruntime's MultiHeadAttention kernel.
@@ -175,6 +175,8 @@ def export_onnx(model: nn.Module, path: str | Path, *, input_size: Sequence[int]
             fp32 = str(Path(folder) / "fp32.onnx")
             write_fp32(fp32)
             images = calibration() if callable(calibration) else calibration
+            if quantize.precision == "int8-static":
+                images = checked_calibration(images, height, width)
             result.lowering = lower_precision(fp32, tmp, quantize, images, input_name=INPUT_NAME)
         _finish_onnx(tmp, model, {**(metadata or {}), **result.lowering,
                                   "precision": quantize.precision})

@@ -149,6 +149,35 @@ def _quiet() -> Any:
         root.setLevel(level)
 
 
+#: Calibration images whose area differs from the exported size by more than this factor (either
+#: way) would calibrate activation ranges at another scale than the graph will see.
+CALIBRATION_SCALE_LIMIT = 4.0
+
+
+def checked_calibration(images: Iterable[Any], height: int, width: int) -> list[np.ndarray]:
+    """The calibration images as float32 (1, 3, h, w) arrays, refused with one sentence when there
+    are none, when one is not an RGB image, or when one's size (after the network's evaluation
+    transforms) is far from the ``height`` x ``width`` the graph is exported at."""
+    arrays = []
+    for index, image in enumerate(images):
+        array = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
+        array = array[None] if array.ndim == 3 else array
+        if array.ndim != 4 or array.shape[:2] != (1, 3):
+            raise ConfigError(f"calibration image {index} has shape {tuple(array.shape)}, not (1, 3, H, W): "
+                              "give --calibration-data the RGB dataset the network was trained on")
+        h, w = array.shape[2:]
+        ratio = (h * w) / (height * width)
+        if not 1 / CALIBRATION_SCALE_LIMIT <= ratio <= CALIBRATION_SCALE_LIMIT:
+            raise ConfigError(f"calibration image {index} is {h}x{w} after the evaluation transforms but the "
+                              f"graph is exported at {height}x{width} ({ratio:.2g}x the area): activation "
+                              "ranges calibrated at another scale do not hold; give --calibration-data the "
+                              "dataset the network was trained on, or --input-size the size it will run at")
+        arrays.append(array)
+    if not arrays:
+        raise ConfigError("--calibration-data gave no images to calibrate on")
+    return arrays
+
+
 def lower_precision(fp32_path: str | Path, out_path: str | Path, options: QuantizeOptions,
                     calibration: Iterable[Any] | None = None, input_name: str = "image") -> dict[str, Any]:
     """Write ``fp32_path`` at ``options.precision`` to ``out_path``; returns

@@ -350,3 +350,43 @@ def write_tradeoff(result: dict[str, Any], folder: str | os.PathLike) -> dict[st
 
 __all__ = ["DEPLOY_FOLDER", "VARIANTS", "deployment_tradeoff", "format_tradeoff", "plot_tradeoff",
            "read_tradeoff", "setting_line", "tradeoff_notes", "tradeoff_table", "write_tradeoff"]
+
+
+#: ``transkd export --max-drop``: mIoU points a lowered graph may lose before it is flagged.
+DEFAULT_MAX_DROP = 2.0
+
+
+@dataclasses.dataclass
+class AccuracyCheck:
+    """The mIoU of an exported graph next to its source network's, on the same split and pipeline."""
+
+    reference: float  # mIoU % of the source network (PyTorch fp32)
+    exported: float  # mIoU % of the graph (onnxruntime)
+    split: str
+    images: int
+    max_drop: float
+
+    @property
+    def drop(self) -> float:
+        return self.reference - self.exported
+
+    @property
+    def flagged(self) -> bool:
+        return not self.drop <= self.max_drop  # NaN is flagged too
+
+
+def exported_accuracy(source: str | os.PathLike, graph: str | os.PathLike,
+                      data_root: str | os.PathLike | None = None, *, last: bool = False,
+                      max_drop: float = DEFAULT_MAX_DROP, threads: int | None = None,
+                      overrides: Sequence[str] = ()) -> AccuracyCheck:
+    """Score ``source`` (a ``.safetensors`` file or run folder, PyTorch fp32) and the graph it was
+    exported to on the dataset's validation split (``data_root``: where the data lies, when the
+    file's own config does not say; ``overrides``: more ``key=value`` config overrides), so a lowered
+    graph's accuracy is measured, not assumed."""
+    if isinstance(max_drop, bool) or not isinstance(max_drop, (int, float)) or not max_drop >= 0:
+        raise ConfigError(f"--max-drop must be a non-negative number of mIoU points, got {max_drop!r}")
+    overrides = [*overrides, *([] if data_root is None else [f"data.root={_yaml_string(str(data_root))}"])]
+    reference = evaluate_checkpoint(source, overrides=overrides, last=last)
+    exported = evaluate_checkpoint(graph, overrides=overrides, threads=threads)
+    return AccuracyCheck(reference=100 * reference.metrics["miou"], exported=100 * exported.metrics["miou"],
+                         split=exported.split, images=exported.images, max_drop=float(max_drop))
