@@ -387,6 +387,8 @@ def exported_accuracy(source: str | os.PathLike, graph: str | os.PathLike,
         raise ConfigError(f"--max-drop must be a non-negative number of mIoU points, got {max_drop!r}")
     overrides = [*overrides, *([] if data_root is None else [f"data.root={_yaml_string(str(data_root))}"])]
     reference = evaluate_checkpoint(source, overrides=overrides, last=last)
-    exported = evaluate_checkpoint(graph, overrides=overrides, threads=threads)
+    run_config = Path(source) / "config.yaml"  # a run folder: the graph is scored with its config
+    exported = evaluate_checkpoint(graph, config_file=run_config if run_config.is_file() else None,
+                                   overrides=overrides, threads=threads)
     return AccuracyCheck(reference=100 * reference.metrics["miou"], exported=100 * exported.metrics["miou"],
                          split=exported.split, images=exported.images, max_drop=float(max_drop))
