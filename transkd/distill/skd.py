@@ -41,7 +41,6 @@ from .kd import check_positive, check_stage_list, check_stages_exist, check_weig
 from .losses import full_precision
 from .registry import register_method
 
-
 #: Added to every node's norm before dividing (the authors' ``L2`` helper).
 NORM_EPS = 1e-8
 
