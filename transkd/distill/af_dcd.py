@@ -1,4 +1,4 @@
-"""Augmentation-free dense contrastive distillation (Af-DCD): Fan, Li, Zhang and Yao,
+"""Augmentation-free dense contrastive distillation (Af-DCD): Fan, Li, Liu, Song and Yao,
 "Augmentation-free Dense Contrastive Knowledge Distillation for Efficient Semantic
 Segmentation", NeurIPS 2023.
 

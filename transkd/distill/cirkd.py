@@ -1,4 +1,4 @@
-"""Cross-image relational knowledge distillation (CIRKD): Yang, Zhou, Chen, Wang, Tian and Xu,
+"""Cross-image relational knowledge distillation (CIRKD): Yang, Zhou, An, Jiang, Xu and Zhang,
 "Cross-Image Relational Knowledge Distillation for Semantic Segmentation", CVPR 2022.
 
 A pixel's relations to pixels of *other* images are knowledge too. On one stage map (default
