@@ -152,3 +152,16 @@ def test_defaults_are_the_authors():
 def test_invalid_options_are_rejected(options, message):
     with pytest.raises(ConfigError, match=message):
         build_method("cirkd", **options)
+
+
+def test_combines_with_other_methods_on_a_real_pair():
+    from make_fixtures import build_case
+
+    distiller, images, targets = build_case(
+        "cirkd+af_dcd+kd", cirkd={"pixel_memory_size": 64, "kd_weight": 0.0},
+        af_dcd={"kd_weight": 0.0})
+    out = distiller(images, targets)
+    assert {"kd", "cirkd_batch", "cirkd_pixel", "cirkd_region", "af_dcd_feat", "af_dcd_contrast"} <= set(out)
+    assert "cirkd_kd" not in out and "af_dcd_kd" not in out
+    out["loss"].backward()
+    assert distiller.methods["cirkd"].pixel_queue.shape[1] == 64
