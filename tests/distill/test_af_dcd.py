@@ -27,7 +27,7 @@ def published_contrast(student, teacher, tau, groups, patch):
                     for g in range(groups):
                         anchor = student[n, g * d:(g + 1) * d, y, x]
 
-                        def score(yy, xx, gg, anchor=anchor):
+                        def score(yy, xx, gg, anchor=anchor, n=n):
                             other = teacher[n, gg * d:(gg + 1) * d, yy, xx]
                             return -float((anchor - other).abs().sum()) / tau
 
