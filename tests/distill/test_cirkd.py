@@ -165,3 +165,46 @@ def test_combines_with_other_methods_on_a_real_pair():
     assert "cirkd_kd" not in out and "af_dcd_kd" not in out
     out["loss"].backward()
     assert distiller.methods["cirkd"].pixel_queue.shape[1] == 64
+
+
+@pytest.mark.slow  # two short distillation runs, one interrupted and resumed
+def test_an_interrupted_run_resumes_with_the_same_bank(tmp_path, monkeypatch):
+    from transkd.config import load_config
+    from transkd.engine import run as run_module
+    from transkd.engine.checkpoint import load_checkpoint
+    from transkd.engine.trainer import Trainer
+    from transkd.models import create_model
+    from transkd.weights.io import save_model
+
+    torch.manual_seed(1)
+    teacher = save_model(create_model("segformer_b0", num_classes=10), tmp_path / "teacher.safetensors")
+
+    def config(name):
+        return load_config(None, [
+            "data.options={length: 8, size: [32, 64]}", "data.val_options={length: 2}",
+            "protocol.image_size=[32, 64]", "train.batch_size=2", "train.num_workers=0",
+            "train.tensorboard=false", "train.log_interval=1", "train.epochs=2",
+            "train.checkpoint_interval=100", "train.val_interval=1000", "distill.eval_teacher=false",
+            f"teacher.weights={teacher}", "distill.method=cirkd",
+            "distill.options={pixel_memory_size: 40, region_memory_size: 8, pixels_per_update: 4}",
+            f"output.dir={tmp_path / name}"])
+
+    assert run_module.run(config("straight")).status == "completed"
+    original, calls = Trainer._train_step, {"n": 0}
+
+    def interrupting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_step", interrupting)
+    assert run_module.run(config("resumed")).status == "interrupted"
+    monkeypatch.setattr(Trainer, "_train_step", original)
+    assert run_module.run(config("resumed"), resume="auto").status == "completed"
+
+    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.pt")["model"]
+    bank = [k for k in a if k.startswith("methods.cirkd.") and ("queue" in k or "pointer" in k)]
+    assert len(bank) == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
