@@ -173,7 +173,7 @@ class CrossImageRelationalKD(DistillMethod):
         """Memory pixel-to-pixel and pixel-to-region losses; the bank is written first."""
         opts = self.options
         with torch.autocast(student.device.type, enabled=False):
-            s = F.normalize(full_precision(self.projector(student)), dim=1)
+            s = F.normalize(self.projector(full_precision(student)), dim=1)
             t = F.normalize(full_precision(teacher), dim=1)
             labels = resize_labels(labels, tuple(s.shape[-2:]))
             valid = (labels != ignore_index) & (labels >= 0) & (labels < self.pixel_queue.shape[0])
