@@ -208,3 +208,66 @@ def test_an_interrupted_run_resumes_with_the_same_bank(tmp_path, monkeypatch):
     bank = [k for k in a if k.startswith("methods.cirkd.") and ("queue" in k or "pointer" in k)]
     assert len(bank) == 4
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+GATHER_SCRIPT = '''
+import sys
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from transkd.distill import NetworkInfo, get_method
+from transkd.distill.cirkd import gather_across_ranks
+
+
+def build():
+    cls = get_method("cirkd")
+    torch.manual_seed(0)
+    options = cls.parse_options({"pixel_memory_size": 10, "region_memory_size": 4, "pixels_per_update": 3})
+    return cls(NetworkInfo((8, 16, 24, 32), 4), NetworkInfo((16, 32, 48, 64), 4), options)
+
+
+def data(rank):
+    generator = torch.Generator().manual_seed(10 + rank)
+    return torch.randn(2, 64, 2, 2, generator=generator), torch.randint(0, 4, (2, 2, 2), generator=generator)
+
+
+def worker(rank, folder):
+    dist.init_process_group("gloo", init_method=f"file://{folder}/store", rank=rank, world_size=2)
+    method = build()
+    embeddings, labels = data(rank)
+    torch.manual_seed(5)
+    method.enqueue(gather_across_ranks(embeddings), gather_across_ranks(labels))
+    torch.save(method.state_dict(), f"{folder}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    folder = sys.argv[1]
+    mp.spawn(worker, args=(folder,), nprocs=2)
+    reference = build()   # one process that sees both ranks' images, in rank order
+    (e0, l0), (e1, l1) = data(0), data(1)
+    torch.manual_seed(5)
+    reference.enqueue(torch.cat([e0, e1]), torch.cat([l0, l1]))
+    for rank in range(2):
+        state = torch.load(f"{folder}/rank{rank}.pt")
+        for key, value in reference.state_dict().items():
+            assert torch.equal(state[key], value), (rank, key)
+    print("banks agree")
+'''
+
+
+@pytest.mark.slow  # two processes
+def test_under_ddp_every_rank_writes_every_ranks_pixels_to_its_bank(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "gather.py"
+    script.write_text(GATHER_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    done = subprocess.run([sys.executable, str(script), str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "banks agree" in done.stdout
