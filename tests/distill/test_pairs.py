@@ -69,7 +69,8 @@ def test_transkd_base_hf_segformer_teacher_to_mit_b0(hf_segformer):
     assert [p.out_features for p in pea.proj.values()] == [8, 16, 24, 32]  # the teacher's real widths
 
 
-@pytest.mark.parametrize("method", ["cwd", "kd", "csf_only", "review_kd", "fitnet", "skd", "ifvd", "dist"])
+@pytest.mark.parametrize("method", ["cwd", "kd", "csf_only", "review_kd", "fitnet", "skd", "ifvd", "dist",
+                                    "cirkd", "af_dcd"])
 def test_upernet_teacher_to_a_cnn_student(hf_upernet, tmp_path, method):
     """A CNN student without patch embeddings (timm ResNet-18 where timm is installed, else an
     UperNet-ConvNeXt) learns from an UperNet teacher whose logits are at full size."""

@@ -11,7 +11,12 @@ from baseline_helpers import (
 
 from transkd.distill import skd  # noqa: F401  (registers "skd")
 from transkd.distill.kd import pixelwise_kl
-from transkd.distill.skd import critic_input, node_similarity, pairwise_similarity_loss
+from transkd.distill.skd import (
+    critic_input,
+    node_similarity,
+    pairwise_similarity_loss,
+    pixelwise_divergence,
+)
 from transkd.errors import ConfigError
 
 
@@ -43,7 +48,7 @@ def test_default_terms_and_weights():
     assert_scalar_terms(terms, {"skd_pair", "skd_pixel"})
     pair = pairwise_similarity_loss(ctx.student.features[3], ctx.teacher.features[3], 0.5)
     assert terms["skd_pair"].item() == pytest.approx(pair.item(), rel=1e-6)
-    pixel = 10.0 * pixelwise_kl(ctx.student.logits, ctx.teacher.logits)
+    pixel = 10.0 * 2 * pixelwise_kl(ctx.student.logits, ctx.teacher.logits)   # summed over a batch of 2
     assert terms["skd_pixel"].item() == pytest.approx(pixel.item(), rel=1e-6)
     assert ctx.student.features[3].grad.abs().sum() > 0 and ctx.student.logits.grad.abs().sum() > 0
 
@@ -104,3 +109,70 @@ def test_mixed_precision_keeps_similarities_in_fp32():
         mixed = node_similarity(feature, 0.5)
     assert mixed.dtype == torch.float32
     assert torch.allclose(mixed, node_similarity(feature, 0.5))
+
+
+def published_pair_loss(student, teacher, pool):
+    """The paper's pair-wise loss, written out: nodes max-pooled over ``pool``×``pool`` cells,
+    a_ij = f_i·f_j / ((|f_i| + 1e-8)(|f_j| + 1e-8)), mean of (a_s − a_t)² over (batch, i, j)."""
+    def sims(feature):
+        b, c, h, w = feature.shape
+        nodes = []
+        for y in range(0, h, pool):
+            for x in range(0, w, pool):
+                nodes.append(feature[:, :, y:y + pool, x:x + pool].amax(dim=(2, 3)))
+        f = torch.stack(nodes, dim=2)                               # (B, C, N)
+        norms = torch.sqrt((f.detach() ** 2).sum(dim=1)) + 1e-8     # (B, N), constants
+        out = torch.zeros(b, f.shape[2], f.shape[2], dtype=feature.dtype)
+        for n in range(b):
+            for i in range(f.shape[2]):
+                for j in range(f.shape[2]):
+                    out[n, i, j] = (f[n, :, i] * f[n, :, j]).sum() / (norms[n, i] * norms[n, j])
+        return out
+    return ((sims(student) - sims(teacher)) ** 2).mean()
+
+
+def published_pixel_loss(student, teacher):
+    """Σ over images and pixels of Σ_c q_t (log q_t − log q_s), divided by H·W only."""
+    b, c, h, w = student.shape
+    total = torch.zeros((), dtype=student.dtype)
+    for n in range(b):
+        for y in range(h):
+            for x in range(w):
+                q_t = torch.exp(teacher[n, :, y, x]) / torch.exp(teacher[n, :, y, x]).sum()
+                q_s = torch.exp(student[n, :, y, x]) / torch.exp(student[n, :, y, x]).sum()
+                total = total + (q_t * (torch.log(q_t) - torch.log(q_s))).sum()
+    return total / (h * w)
+
+
+def test_terms_match_the_published_formulas_on_a_hand_made_case():
+    """A 2-image, 3-channel, 4×4 map (2×2 nodes of 2×2 cells) and 3-class 3×3 logits."""
+    grid = torch.arange(2 * 3 * 4 * 4, dtype=torch.float64).reshape(2, 3, 4, 4)
+    student_map = (torch.sin(grid) * 2.0).requires_grad_(True)
+    teacher_map = torch.cos(grid * 0.7) * 3.0 + 0.5
+    logits = torch.arange(2 * 3 * 3 * 3, dtype=torch.float64).reshape(2, 3, 3, 3)
+    student_logits = torch.sin(logits).requires_grad_(True)
+    teacher_logits = torch.cos(logits * 1.3) * 2.0
+
+    pair = pairwise_similarity_loss(student_map, teacher_map, 0.5)
+    want_pair = published_pair_loss(student_map, teacher_map, 2)
+    assert pair.item() == pytest.approx(want_pair.item(), rel=1e-10)
+    pixel = pixelwise_divergence(student_logits, teacher_logits)
+    assert pixel.item() == pytest.approx(published_pixel_loss(student_logits, teacher_logits).item(),
+                                         rel=1e-10)
+
+    # the norms are constants: the gradient is the published one, not that of a cosine similarity
+    (grad,) = torch.autograd.grad(pair, student_map)
+    (want,) = torch.autograd.grad(want_pair, student_map)
+    assert torch.allclose(grad, want, rtol=1e-9, atol=1e-12)
+
+
+def test_weighted_terms_of_the_method_follow_the_published_normalisation():
+    method = build_method("skd", pair_weight=0.5, pixel_weight=10.0)
+    ctx = fake_context(batch=3, size=64)
+    terms = method.loss_terms(ctx)
+    student, teacher = ctx.student.logits.detach(), ctx.teacher.logits
+    kl = (teacher.softmax(1) * (teacher.log_softmax(1) - student.log_softmax(1))).sum(1)   # (B, H, W)
+    assert terms["skd_pixel"].item() == pytest.approx(10.0 * kl.sum().item() / (16 * 16), rel=1e-5)
+    pair = published_pair_loss(ctx.student.features[3].detach().double(),
+                               ctx.teacher.features[3].double(), 1)
+    assert terms["skd_pair"].item() == pytest.approx(0.5 * pair.item(), rel=1e-5)

@@ -4,7 +4,7 @@ Importing this package imports every method module, which registers its methods.
 """
 
 # Method modules: importing one registers its methods (see ``registry.register_method``).
-from . import cwd, dist, fitnet, ifvd, kd, review_kd, skd, transkd  # noqa: F401
+from . import af_dcd, cirkd, cwd, dist, fitnet, ifvd, kd, review_kd, skd, transkd  # noqa: F401
 from .base import DistillContext, Distiller, DistillMethod, NetworkInfo, cross_entropy_loss, freeze
 from .registry import (
     create_distiller,

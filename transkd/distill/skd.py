@@ -3,10 +3,16 @@ Knowledge Distillation for Semantic Segmentation", CVPR 2019.
 
 - Pair-wise (term ``skd_pair``): a stage map is max-pooled into a coarse grid of nodes (each
   node covers ``pool_scale`` of the height and of the width, so 0.5 gives 2×2 nodes), the
-  cosine similarity of every pair of nodes forms an N×N matrix per image, and the student's
-  matrix regresses the teacher's: mean over (batch, N, N) of the squared difference. Cosine
-  similarity does not depend on the channel width, so no adapter is needed.
-- Pixel-wise (term ``skd_pixel``): KL of the softmax logits per pixel (T = 1), as ``kd``.
+  similarity ``a_ij = f_iᵀ f_j / ((‖f_i‖ + 1e-8)(‖f_j‖ + 1e-8))`` of every pair of nodes forms
+  an N×N matrix per image, and the student's matrix regresses the teacher's: mean over
+  (batch, N, N) of the squared difference (the paper's ``1/(W'H')² Σ (a^s − a^t)²``, averaged
+  over the batch). As in the authors' code the norms are constants to autograd (detached): the
+  gradient moves the features, not their lengths' normalisation. No adapter is needed: the
+  similarity does not depend on the channel width.
+- Pixel-wise (term ``skd_pixel``): the paper's ``1/(W'H') Σ_i KL(q_i^t ‖ q_i^s)`` per image,
+  *summed* over the batch as the authors' code does (their cross-entropy differs from this KL
+  by the teacher's entropy, a constant: the gradients agree). Unlike ``kd`` it is not a mean
+  over the batch, so the weight 10 acts on ``batch ×`` the per-pixel mean.
 - Holistic (term ``skd_holistic``, off by default): a Wasserstein critic scores
   (class probabilities, image) pairs; teacher pairs count as real, student pairs as fake.
   The paper trains the critic with its own optimiser; here it trains inside the one optimiser
@@ -35,15 +41,28 @@ from .kd import check_positive, check_stage_list, check_stages_exist, check_weig
 from .losses import full_precision
 from .registry import register_method
 
+#: Added to every node's norm before dividing (the authors' ``L2`` helper).
+NORM_EPS = 1e-8
+
 
 def node_similarity(feature: torch.Tensor, pool_scale: float) -> torch.Tensor:
-    """Cosine-similarity matrix (B, N, N) of the max-pooled nodes of a map (B, C, H, W)."""
+    """Similarity matrix (B, N, N) of the max-pooled nodes of a map (B, C, H, W): each node
+    divided by its norm + 1e-8, the norm detached (the published loss)."""
     height, width = feature.shape[-2:]
     kernel = (max(1, int(height * pool_scale)), max(1, int(width * pool_scale)))
     with torch.autocast(feature.device.type, enabled=False):   # the product stays in fp32
         nodes = F.max_pool2d(full_precision(feature), kernel, stride=kernel, ceil_mode=True)
-        nodes = F.normalize(nodes.flatten(2), dim=1, eps=1e-8)
+        nodes = nodes.flatten(2)
+        nodes = nodes / (nodes.norm(dim=1, keepdim=True).detach() + NORM_EPS)
         return nodes.transpose(1, 2) @ nodes
+
+
+def pixelwise_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                         temperature: float = 1.0) -> torch.Tensor:
+    """``T² · Σ_{batch, pixels} KL(softmax(t/T) ‖ softmax(s/T)) / (H·W)``: per image the
+    paper's mean over pixels, summed over the batch as the authors' code."""
+    per_image_mean = pixelwise_kl(student_logits, teacher_logits, temperature)
+    return per_image_mean * student_logits.shape[0]
 
 
 def pairwise_similarity_loss(student: torch.Tensor, teacher: torch.Tensor,
@@ -143,7 +162,7 @@ class StructuredKD(DistillMethod):
         terms = {
             "skd_pair": opts.pair_weight * pairwise_similarity_loss(
                 student_map, self.teacher_map(ctx, index, student_map), opts.pool_scale),
-            "skd_pixel": opts.pixel_weight * pixelwise_kl(
+            "skd_pixel": opts.pixel_weight * pixelwise_divergence(
                 ctx.student.logits, teacher_logits, opts.temperature),
         }
         if self.critic is not None:
