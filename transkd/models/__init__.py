@@ -8,6 +8,7 @@ from .segmentor import IMAGENET_MEAN, IMAGENET_STD, SegmentationOutput, Segmento
 
 __all__ = [
     "EncoderConfig", "EncoderOutput", "HierarchicalEncoder", "IMAGENET_MEAN", "IMAGENET_STD",
-    "LVTConfig", "LVTEncoder", "SegmentationOutput", "Segmentor", "UnknownModelError", "create_model", "get_entry",
+    "LVTConfig", "LVTEncoder", "SegmentationOutput", "Segmentor", "UnknownModelError",
+    "create_model", "get_entry",
     "list_models", "normalisation_of", "register_model",
 ]
