@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,19 @@ def test_rasa_applies_attention_recursively_to_output_plus_input():
         first = F.silu(attend(x))
         expected = F.silu(attend(first + x))
         assert torch.allclose(rasa(x, height, width), expected, atol=1e-5)
+
+
+@pytest.mark.slow  # the torch.export-based exporter traces symbolically: several seconds of CPU
+def test_lvt_exports_to_onnx_with_dynamic_sizes(tmp_path):
+    """CSA's window unfold and fold are convolutions, so the graph follows any input size."""
+    pytest.importorskip("onnxruntime")
+    from transkd.deploy.export import check_parity, export_onnx
+    from transkd.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("lvt_mlp", num_classes=3).eval()
+    out = tmp_path / "lvt.onnx"
+    export_onnx(model, out, input_size=(64, 96))
+    checks = check_parity(model, out, [(1, 97, 131), (2, 64, 96)], seed=1)
+    assert [c.output_shape for c in checks] == [(1, 3, 25, 33), (2, 3, 16, 24)]
+    assert max(c.max_abs_diff for c in checks) < 1e-4

@@ -87,7 +87,8 @@ def pvtv2_b0_authors_state(num_classes: int = 19, seed: int = 0) -> dict[str, to
         s = i + 1
         shapes |= {f"backbone.patch_embed{s}.proj.weight": (dim, in_chans, kernel, kernel),
                    f"backbone.patch_embed{s}.proj.bias": (dim,),
-                   f"backbone.patch_embed{s}.norm.weight": (dim,), f"backbone.patch_embed{s}.norm.bias": (dim,),
+                   f"backbone.patch_embed{s}.norm.weight": (dim,),
+                   f"backbone.patch_embed{s}.norm.bias": (dim,),
                    f"backbone.norm{s}.weight": (dim,), f"backbone.norm{s}.bias": (dim,)}
         hidden = dim * cfg["mlp"][i]
         for j in range(depth):
@@ -108,7 +109,8 @@ def pvtv2_b0_authors_state(num_classes: int = 19, seed: int = 0) -> dict[str, to
         in_chans = dim
         shapes |= {f"neck.lateral_convs.{i}.conv.weight": (256, dim, 1, 1),
                    f"neck.lateral_convs.{i}.conv.bias": (256,),
-                   f"neck.fpn_convs.{i}.conv.weight": (256, 256, 3, 3), f"neck.fpn_convs.{i}.conv.bias": (256,)}
+                   f"neck.fpn_convs.{i}.conv.weight": (256, 256, 3, 3),
+                   f"neck.fpn_convs.{i}.conv.bias": (256,)}
         length = max(1, i)
         for k in range(length):
             index = 2 * k if i > 0 else k  # an nn.Upsample follows each conv past level 1

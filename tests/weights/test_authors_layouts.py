@@ -5,13 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.weights.authors_layouts import lvt_state, pvtv2_b0_authors_state
 from transkd.errors import CheckpointError
 from transkd.models import create_model
 from transkd.weights import load_model
 from transkd.weights.convert import convert_state_dict, export_state_dict
 from transkd.weights.importer import import_checkpoint
-
-from tests.weights.authors_layouts import lvt_state, pvtv2_b0_authors_state
 
 
 def test_authors_lvt_student_converts_from_a_distiller_checkpoint(tmp_path):
