@@ -96,8 +96,8 @@ class ConvSelfAttention(nn.Module):
         kernel = _one_hot_kernel(dim, x)
         windows = F.conv2d(grid, kernel, stride=2, padding=1, groups=dim)  # unfold: (B, C·9, h, w)
         windows = windows.reshape(batch, dim, 9, h * w).permute(0, 3, 2, 1)  # (B, n, 9, C)
-        weight = self.value.weight.reshape(9, dim, dim)
-        values = torch.einsum("bnki,koi->bnko", windows, weight)
+        # Through the module, one 1×1 "pixel" per window, so layer-hooking MAC counters see it.
+        values = self.value(windows.reshape(batch * h * w, 9 * dim, 1, 1))
         values = values.reshape(batch, h * w, 9, heads, head_dim).permute(0, 3, 1, 2, 4)
 
         out = (attn @ values).permute(0, 1, 4, 3, 2).reshape(batch, dim * 9, h, w)
