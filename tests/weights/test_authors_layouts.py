@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from tests.weights.authors_layouts import lvt_state, pvtv2_b0_authors_state
-from transkd.errors import CheckpointError
+from transkd.errors import CheckpointError, ConfigError
 from transkd.models import create_model
-from transkd.weights import load_model
+from transkd.weights import load_model, save_model
 from transkd.weights.convert import convert_state_dict, export_state_dict
 from transkd.weights.importer import import_checkpoint
 
@@ -54,9 +54,15 @@ def test_lvt_imagenet_encoder_drops_the_classifier():
     assert any("LVT's ImageNet classifier" in n for n in state.notes)
 
 
-def test_lvt_is_refused_in_other_namings():
-    with pytest.raises(CheckpointError, match="no LVT network"):
-        export_state_dict(create_model("lvt_mlp", num_classes=3), "hf")
+@pytest.mark.parametrize("fmt", ["hf", "mmseg"])
+def test_lvt_is_refused_in_other_namings(fmt, tmp_path):
+    model = create_model("lvt_mlp", num_classes=3)
+    for encoder_only in (False, True):
+        with pytest.raises(CheckpointError, match="no LVT network"):
+            export_state_dict(model, fmt, encoder_only=encoder_only)
+    src = save_model(model, tmp_path / "lvt.safetensors")
+    with pytest.raises(ConfigError, match=f"--to {fmt}: {fmt} has no LVT network"):
+        import_checkpoint(src, tmp_path / ("out" if fmt == "hf" else "out.pth"), to=fmt)
 
 
 def test_authors_pvtv2_fpn_converts_instead_of_being_refused(tmp_path):

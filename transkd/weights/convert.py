@@ -173,10 +173,6 @@ def _lvt_authors_names(module: str, upsampling: list[bool]) -> _MapResult:
     return _nvlabs_names(module, upsampling)
 
 
-def _no_names(module: str, upsampling: list[bool]) -> _MapResult:
-    return None
-
-
 def _hf_names(layout: str) -> Callable[[str, list[bool]], _MapResult]:
     legacy = layout == "legacy"
 
@@ -270,13 +266,16 @@ def _describe_target(model: nn.Module) -> _Target:
 def _name_map(fmt: str, hf_layout: str, lvt: bool = False) -> Callable[[str, list[bool]], _MapResult]:
     """The name map of ``fmt``; for an LVT network only the authors' and our own namings exist."""
     if lvt:
-        return {"nvlabs": _lvt_authors_names, "transkd": _transkd_names}.get(fmt, _no_names)
+        return {"nvlabs": _lvt_authors_names, "transkd": _transkd_names}[fmt]
     return {"nvlabs": _nvlabs_names, "hf": _hf_names(hf_layout), "mmseg": _mmseg_names,
             "transkd": _transkd_names}[fmt]
 
 
 def _build_groups(target: _Target, fmt: str, hf_layout: str) -> tuple[list[_Group], list[str]]:
     """Groups covering every key of ``target``; also the module paths the format cannot name."""
+    if target.lvt and fmt not in ("nvlabs", "transkd"):
+        raise CheckpointError(f"{fmt} naming has no LVT network, not even its encoder; use nvlabs "
+                              "(the TransKD authors' LVT names) or transkd")
     names = _name_map(fmt, hf_layout, target.lvt)
     groups, unnamed, claimed = [], [], set()
     for key in target.state:
@@ -308,9 +307,6 @@ def _build_groups(target: _Target, fmt: str, hf_layout: str) -> tuple[list[_Grou
 
 
 def _unsupported_head_reason(fmt: str, target: _Target) -> str:
-    if target.lvt:
-        return (f"{fmt} naming has no LVT network (only the TransKD authors' nvlabs-style LVT and "
-                "transkd naming do)")
     if fmt == "mmseg":
         return ("mmseg's SegformerHead applies a 1x1 conv + BatchNorm + ReLU to each stage where the "
                 "NVlabs SegFormer head (ours) applies a plain Linear, so its decode-head weights "
