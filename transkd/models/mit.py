@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -132,9 +133,13 @@ def _register_encoders() -> None:
 ENCODER_OPTIONS = ("attn_drop_rate", "drop_path_rate", "drop_rate", "in_chans")
 
 
-def _with_overrides(cfg, overrides: dict, builder_options: tuple[str, ...] = ()):
-    """``cfg`` with encoder ``overrides``; an unknown name is refused with the closest known one
-    (``builder_options``: what the calling builder itself takes, e.g. a head's ``dropout``)."""
+_Config = TypeVar("_Config")
+
+
+def _with_overrides(cfg: _Config, overrides: dict, builder_options: tuple[str, ...] = ()) -> _Config:
+    """``cfg`` (an encoder's config dataclass: MiT/PVTv2's or LVT's) with encoder ``overrides``;
+    an unknown name is refused with the closest known one (``builder_options``: what the calling
+    builder itself takes, e.g. a head's ``dropout``)."""
     unknown = sorted(set(overrides) - set(ENCODER_OPTIONS))
     if unknown:
         known = tuple(sorted({*ENCODER_OPTIONS, *builder_options}))

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .heads import SegFormerHead, SemanticFPNHead
-from .lvt import build_lvt_encoder
+from .lvt import LVTEncoder, build_lvt_encoder
 from .mit import MIT_CONFIGS, HierarchicalEncoder, _with_overrides
 from .pvtv2 import PVTV2_CONFIGS
 from .registry import register_model
@@ -57,7 +57,8 @@ def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, 
 
 
 class Segmentor(nn.Module):
-    """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4).
+    """A hierarchical encoder (MiT, PVTv2 or LVT) with a decode head; ``model(x)`` returns
+    logits (B, K, H/4, W/4).
 
     ``input_mean``/``input_std`` state the normalisation the network expects of images in
     [0, 1] (ImageNet's by default; a training run sets its protocol's, which is saved with it).
@@ -66,7 +67,7 @@ class Segmentor(nn.Module):
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
 
-    def __init__(self, encoder: HierarchicalEncoder, decode_head: nn.Module, *, name: str,
+    def __init__(self, encoder: HierarchicalEncoder | LVTEncoder, decode_head: nn.Module, *, name: str,
                  num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
