@@ -130,6 +130,11 @@ def test_presets_exist_for_every_dataset_of_the_paper_and_camvid():
                      "cityscapes/transkd_base_b2-b0_paper1000e.yaml",
                      "cityscapes/transkd_gl_b2-b0_paper1000e.yaml",
                      "cityscapes/transkd_ea_b2-b0_paper1000e.yaml",
+                     "cityscapes/transkd_base_b2-lvt_paper1000e.yaml",
+                     "cityscapes/teacher_pvtv2b2_paper1000e.yaml",
+                     "cityscapes/transkd_base_pvtv2b2-pvtv2b0_paper1000e.yaml",
+                     "cityscapes/transkd_gl_pvtv2b2-pvtv2b0_paper1000e.yaml",
+                     "cityscapes/transkd_ea_pvtv2b2-pvtv2b0_paper1000e.yaml",
                      "acdc/transkd_ea_b2-b0_paper1000e.yaml",
                      "cityscapes/student_b0_paper500e.yaml",
                      "camvid/teacher_b2_cpu40e.yaml", "camvid/student_b0_cpu40e.yaml",
@@ -171,14 +176,21 @@ def test_segformer_recipe_presets_are_the_published_protocol(dataset, crop, scal
     assert config.eval.mode == mode and config.data.selection == "last"
 
 
+def _short(model: str) -> str:
+    """A network as preset names spell it: segformer_b2 → b2, lvt_mlp → lvt,
+    pvtv2_b0_authors_fpn → pvtv2b0."""
+    return (model.removeprefix("segformer_").removesuffix("_mlp").removesuffix("_authors_fpn")
+            .removesuffix("_fpn").replace("_", ""))
+
+
 @pytest.mark.parametrize("path", _presets(), ids=lambda p: p.relative_to(CONFIGS).as_posix())
 def test_every_preset_loads_and_validates(path):
     config = load_config(path)
     assert path.parent.name == config.data.name
     assert config.output.dir == f"runs/{config.data.name}/{path.stem}"
-    student = config.model.name.removeprefix("segformer_")
+    student = _short(config.model.name)
     if config.method_names:
-        teacher = config.teacher.name.removeprefix("segformer_")
+        teacher = _short(config.teacher.name)
         assert path.stem.startswith(f"{config.distill.method}_{teacher}-{student}_")
         assert config.teacher.weights is not None
         if config.teacher.weights.startswith("runs/"):  # another preset's run: that preset exists

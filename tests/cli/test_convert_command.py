@@ -292,7 +292,7 @@ def distiller_file(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--model", "segformer_x9"], "known models: mit_b0, "),
+    (["--model", "segformer_x9"], "known models: lvt, lvt_mlp, mit_b0, "),
     (["--num-classes", "19"], "--num-classes 19 does not match"),
     (["--num-classes", "0"], "--num-classes must be at least 1"),
     (["--dataset", "camvid"], "dataset camvid names 11 classes but the model predicts 20"),

@@ -25,7 +25,7 @@ DEEP = ("b3", "b4", "b5")  # 45-85 M parameters: marked slow, and one sample per
 
 
 def is_deep(name: str) -> bool:
-    return name.removesuffix("_fpn")[-2:] in DEEP
+    return name.removesuffix("_fpn").removesuffix("_authors")[-2:] in DEEP
 
 
 SEGMENTOR_PARAMS = [pytest.param(n, marks=pytest.mark.slow) if is_deep(n) else n for n in SEGMENTORS]
@@ -42,8 +42,10 @@ def stage_sizes(height: int, width: int) -> list[tuple[int, int]]:
 
 def test_every_family_and_size_is_registered():
     sizes = range(6)
-    assert set(SEGMENTORS) == {f"segformer_b{i}" for i in sizes} | {f"pvtv2_b{i}_fpn" for i in sizes}
-    assert set(list_models(kind="encoder")) == {f"mit_b{i}" for i in sizes} | {f"pvtv2_b{i}" for i in sizes}
+    assert set(SEGMENTORS) == ({f"segformer_b{i}" for i in sizes} | {f"pvtv2_b{i}_fpn" for i in sizes}
+                               | {f"pvtv2_b{i}_authors_fpn" for i in sizes} | {"lvt_mlp"})
+    assert set(list_models(kind="encoder")) == ({f"mit_b{i}" for i in sizes}
+                                                | {f"pvtv2_b{i}" for i in sizes} | {"lvt"})
 
 
 @pytest.fixture(scope="class")
@@ -120,7 +122,26 @@ def test_parameter_counts_match_the_paper(name, expected):
     assert sum(p.numel() for p in net.parameters()) == expected
 
 
+def test_lvt_encoder_size_matches_the_lvt_paper():
+    """LVT (Yang et al. 2022): widths 64/64/160/256, two blocks a stage, a 3.4 M encoder; with the
+    All-MLP head on ADE20K's 150 classes 3.9 M, as the paper's semantic-segmentation table lists."""
+    encoder = create_model("lvt")
+    assert encoder.widths == (64, 64, 160, 256) and encoder.config.depths == (2, 2, 2, 2)
+    assert sum(p.numel() for p in encoder.parameters()) == 3_429_092
+    segmentor = create_model("lvt_mlp", num_classes=150)
+    assert round(sum(p.numel() for p in segmentor.parameters()) / 1e6, 1) == 3.9
+
+
+def test_authors_fpn_head_has_biases_and_no_norm():
+    ours, authors = (create_model(n, num_classes=19) for n in ("pvtv2_b0_fpn", "pvtv2_b0_authors_fpn"))
+    assert not any(".bn." in k for k in authors.decode_head.state_dict())
+    assert any(".bn." in k for k in ours.decode_head.state_dict())
+    tower = authors.decode_head.head.scale_heads[0][0]
+    assert tower.conv.bias is not None and not hasattr(tower, "bn")
+
+
 @pytest.mark.parametrize(("name", "widths"), [
+    ("lvt", (64, 64, 160, 256)),
     ("mit_b0", (32, 64, 160, 256)), ("mit_b2", (64, 128, 320, 512)),
     ("pvtv2_b0", (32, 64, 160, 256)), ("pvtv2_b2", (64, 128, 320, 512)),
 ])

@@ -81,7 +81,7 @@ def test_b5_encoders_are_alike_so_the_head_decides():
 
 def test_unregistered_shapes_are_refused_with_the_known_encoders():
     odd = Structure((32, 64, 160, 256), (2, 2, 2, 2), (4.0,) * 4, (8, 4, 2, 1), num_heads=(2, 2, 5, 8))
-    with pytest.raises(CheckpointError, match=r"heads 2/2/5/8.*known encoders: mit_b0"):
+    with pytest.raises(CheckpointError, match=r"heads 2/2/5/8.*known encoders: lvt, mit_b0"):
         match_architecture(odd)
     fpn_on_mit = Structure((64, 128, 320, 512), (3, 4, 6, 3), (4.0,) * 4, (8, 4, 2, 1), "fpn", 256, 19)
     with pytest.raises(CheckpointError, match="pairs encoder mit_b2 with a fpn head"):

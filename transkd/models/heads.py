@@ -10,14 +10,19 @@ from torch import nn
 
 
 class ConvBNReLU(nn.Sequential):
-    """Bias-free convolution, BatchNorm, ReLU (mmcv's ConvModule with BN)."""
+    """Bias-free convolution, BatchNorm, ReLU (mmcv's ConvModule with BN); with ``norm=False``
+    a convolution with bias and ReLU (ConvModule without a norm, as the TransKD authors' PVTv2
+    Semantic FPN head is built)."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int) -> None:
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, norm: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch)
+        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=not norm)
+        if norm:
+            self.bn = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
         nn.init.kaiming_normal_(self.conv.weight, mode="fan_out", nonlinearity="relu")
+        if not norm:
+            nn.init.zeros_(self.conv.bias)
 
 
 class MLPProjection(nn.Module):
@@ -112,17 +117,22 @@ class FPNNeck(nn.Module):
 
 
 class FPNHead(nn.Module):
-    """Semantic FPN head (Kirillov et al. 2019): per-level conv towers summed at 1/4 scale."""
+    """Semantic FPN head (Kirillov et al. 2019): per-level conv towers summed at 1/4 scale.
+
+    ``norm``: BatchNorm in the towers (mmseg's configuration); False builds the TransKD authors'
+    PVTv2 head, whose tower convolutions carry a bias and no norm.
+    """
 
     def __init__(self, num_levels: int, num_classes: int, in_channels: int = 256,
                  channels: int = 128, strides: tuple[int, ...] = (4, 8, 16, 32),
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, norm: bool = True) -> None:
         super().__init__()
         heads = []
         for i in range(num_levels):
             length = max(1, int(math.log2(strides[i] / strides[0])))
             heads.append(nn.ModuleList(
-                ConvBNReLU(in_channels if k == 0 else channels, channels, 3) for k in range(length)))
+                ConvBNReLU(in_channels if k == 0 else channels, channels, 3, norm)
+                for k in range(length)))
         self.scale_heads = nn.ModuleList(heads)
         self.upsample_levels = [strides[i] != strides[0] for i in range(num_levels)]
         self.dropout = nn.Dropout2d(dropout)
@@ -145,15 +155,16 @@ class FPNHead(nn.Module):
 
 
 class SemanticFPNHead(nn.Module):
-    """FPN neck (256 channels) followed by the FPN head (128 channels)."""
+    """FPN neck (256 channels) followed by the FPN head (128 channels); ``norm`` as in FPNHead."""
 
     def __init__(self, in_channels: tuple[int, ...], num_classes: int, neck_channels: int = 256,
                  head_channels: int = 128, dropout: float = 0.1,
-                 strides: tuple[int, ...] = (4, 8, 16, 32)) -> None:
+                 strides: tuple[int, ...] = (4, 8, 16, 32), norm: bool = True) -> None:
         super().__init__()
+        self.norm = norm
         self.neck = FPNNeck(in_channels, neck_channels)
         self.head = FPNHead(len(in_channels), num_classes, neck_channels, head_channels,
-                            strides=strides, dropout=dropout)
+                            strides=strides, dropout=dropout, norm=norm)
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(self.neck(features))

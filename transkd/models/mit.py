@@ -6,8 +6,10 @@ MLP ratios; the configuration lives in :class:`EncoderConfig`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -131,16 +133,19 @@ def _register_encoders() -> None:
 ENCODER_OPTIONS = ("attn_drop_rate", "drop_path_rate", "drop_rate", "in_chans")
 
 
-def _with_overrides(cfg: EncoderConfig, overrides: dict,
-                    builder_options: tuple[str, ...] = ()) -> EncoderConfig:
-    """``cfg`` with encoder ``overrides``; an unknown name is refused with the closest known one
-    (``builder_options``: what the calling builder itself takes, e.g. a head's ``dropout``)."""
+_Config = TypeVar("_Config")
+
+
+def _with_overrides(cfg: _Config, overrides: dict, builder_options: tuple[str, ...] = ()) -> _Config:
+    """``cfg`` (an encoder's config dataclass: MiT/PVTv2's or LVT's) with encoder ``overrides``;
+    an unknown name is refused with the closest known one (``builder_options``: what the calling
+    builder itself takes, e.g. a head's ``dropout``)."""
     unknown = sorted(set(overrides) - set(ENCODER_OPTIONS))
     if unknown:
         known = tuple(sorted({*ENCODER_OPTIONS, *builder_options}))
         close = difflib.get_close_matches(unknown[0], known, n=1)
         raise UnknownOptionError(unknown[0], close[0] if close else None, known)
-    return EncoderConfig(**{**cfg.__dict__, **overrides})
+    return dataclasses.replace(cfg, **overrides)
 
 
 _register_encoders()

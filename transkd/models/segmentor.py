@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from .heads import SegFormerHead, SemanticFPNHead
+from .lvt import LVTEncoder, build_lvt_encoder
 from .mit import MIT_CONFIGS, HierarchicalEncoder, _with_overrides
 from .pvtv2 import PVTV2_CONFIGS
 from .registry import register_model
@@ -56,7 +57,8 @@ def normalisation_of(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, 
 
 
 class Segmentor(nn.Module):
-    """A hierarchical encoder with a decode head; ``model(x)`` returns logits (B, K, H/4, W/4).
+    """A hierarchical encoder (MiT, PVTv2 or LVT) with a decode head; ``model(x)`` returns
+    logits (B, K, H/4, W/4).
 
     ``input_mean``/``input_std`` state the normalisation the network expects of images in
     [0, 1] (ImageNet's by default; a training run sets its protocol's, which is saved with it).
@@ -65,7 +67,7 @@ class Segmentor(nn.Module):
     input_mean: tuple[float, ...] = IMAGENET_MEAN
     input_std: tuple[float, ...] = IMAGENET_STD
 
-    def __init__(self, encoder: HierarchicalEncoder, decode_head: nn.Module, *, name: str,
+    def __init__(self, encoder: HierarchicalEncoder | LVTEncoder, decode_head: nn.Module, *, name: str,
                  num_classes: int) -> None:
         super().__init__()
         self.encoder = encoder
@@ -116,11 +118,21 @@ def _segformer_builder(name: str, encoder_name: str, decoder_dim: int):
     return build
 
 
-def _fpn_builder(name: str, encoder_name: str):
+def _fpn_builder(name: str, encoder_name: str, norm: bool = True):
     def build(num_classes: int, dropout: float = 0.1, **encoder_overrides) -> Segmentor:
         encoder = HierarchicalEncoder(_with_overrides(PVTV2_CONFIGS[encoder_name], encoder_overrides,
                                                       ("dropout",)))
-        head = SemanticFPNHead(encoder.widths, num_classes, dropout=dropout)
+        head = SemanticFPNHead(encoder.widths, num_classes, dropout=dropout, norm=norm)
+        return Segmentor(encoder, head, name=name, num_classes=num_classes)
+    return build
+
+
+def _lvt_builder(name: str, encoder_name: str):
+    # The authors' LVT student: All-MLP head with D=256 and, as they train it, no dropout.
+    def build(num_classes: int, decoder_dim: int = 256, dropout: float = 0.0,
+              **encoder_overrides) -> Segmentor:
+        encoder = build_lvt_encoder(encoder_name, encoder_overrides, ("decoder_dim", "dropout"))
+        head = SegFormerHead(encoder.widths, num_classes, embed_dim=decoder_dim, dropout=dropout)
         return Segmentor(encoder, head, name=name, num_classes=num_classes)
     return build
 
@@ -133,3 +145,11 @@ for _size in range(6):
     register_model(f"pvtv2_b{_size}_fpn", _fpn_builder(f"pvtv2_b{_size}_fpn", f"pvtv2_b{_size}"),
                    family="pvtv2", kind="segmentor",
                    description=f"PVTv2-B{_size} + Semantic FPN head (256/128)")
+    register_model(f"pvtv2_b{_size}_authors_fpn",
+                   _fpn_builder(f"pvtv2_b{_size}_authors_fpn", f"pvtv2_b{_size}", norm=False),
+                   family="pvtv2", kind="segmentor",
+                   description=f"PVTv2-B{_size} + the TransKD authors' Semantic FPN head "
+                               "(convolutions with bias, no norm)")
+
+register_model("lvt_mlp", _lvt_builder("lvt_mlp", "lvt"), family="lvt", kind="segmentor",
+               description="LVT + All-MLP head (D=256), the TransKD authors' LVT student")

@@ -6,7 +6,10 @@ Supported namings (``source``/``fmt``):
   ``block1.0.attn.q``, ``norm1``; head ``linear_c4``/``linear_fuse``/``linear_pred``), with or
   without ``backbone.``/``decode_head.`` prefixes; ImageNet ``mit_b*.pth``/``pvt_v2_b*.pth`` files;
   mmseg's Semantic FPN (``neck.lateral_convs.{i}.conv``, ``decode_head.scale_heads``,
-  ``decode_head.conv_seg``).
+  ``decode_head.conv_seg``), also as the authors' PVTv2 wrapper names it (``head.scale_heads``,
+  convolutions with bias and no norm); the authors' LVT (``backbone.{stage}.0`` patch embedding,
+  ``backbone.{stage}.1.{block}`` blocks with CSA's ``attn.attn``/``attn.weight``, RASA's
+  ``attn.ds`` and 1×1-conv MLPs with ``mlp.depconv``; flat All-MLP head).
 - ``"hf"``: Hugging Face transformers Segformer, both the 4.x layout (``encoder.block``,
   ``attention.self.query``) and the 5.x layout (``stages.{i}.blocks``, ``attention.q_proj``).
 - ``"mmseg"``: mmsegmentation 1.x MiT (``layers.{i}.0.projection``, ``attn.attn.in_proj_weight``,
@@ -34,6 +37,7 @@ from torch import nn
 
 from ..errors import CheckpointError
 from ..models.heads import SegFormerHead, SemanticFPNHead
+from ..models.lvt import LVTEncoder
 from ..models.mit import HierarchicalEncoder
 from .io import load_state_strict, read_safetensors, torch_load_tensors
 
@@ -150,6 +154,25 @@ _HF_BLOCK = {
 }
 
 
+_LVT_BLOCK = {"attn.attention": ("attn.attn", "same"), "attn.value": ("attn.weight", "same"),
+              "mlp.dwconv.dwconv": ("mlp.depconv", "same")}
+
+
+def _lvt_authors_names(module: str, upsampling: list[bool]) -> _MapResult:
+    """The authors' LVT: ``backbone.{i}`` is (patch embedding, blocks); MLPs past stage 1 are 1×1 convs."""
+    if m := _PATCH.match(module):
+        return (f"{m[1]}.0.{m[2]}",), "same"
+    if m := _BLOCK.match(module):
+        stage, rest = int(m[1]), m[3]
+        theirs, kind = _LVT_BLOCK.get(rest, (rest, "same"))
+        if rest in ("mlp.fc1", "mlp.fc2") and stage > 0:
+            kind = "conv1x1"
+        return (f"{stage}.1.{m[2]}.{theirs}",), kind
+    if _FPN_NECK.match(module) or _FPN_SCALE.match(module) or module == "decode_head.head.classifier":
+        return None
+    return _nvlabs_names(module, upsampling)
+
+
 def _hf_names(layout: str) -> Callable[[str, list[bool]], _MapResult]:
     legacy = layout == "legacy"
 
@@ -217,16 +240,17 @@ class _Target:
     head: str | None  # "segformer", "fpn" or None
     upsampling: list[bool]
     name: str
+    lvt: bool = False
 
 
 def _describe_target(model: nn.Module) -> _Target:
 
     name = getattr(model, "model_name", type(model).__name__)
-    if isinstance(model, HierarchicalEncoder):
+    if isinstance(model, (HierarchicalEncoder, LVTEncoder)):
         state = {f"encoder.{k}": v for k, v in model.state_dict().items()}
-        return _Target(state, True, None, [], name)
+        return _Target(state, True, None, [], name, isinstance(model, LVTEncoder))
     encoder, head = getattr(model, "encoder", None), getattr(model, "decode_head", None)
-    if not isinstance(encoder, HierarchicalEncoder):
+    if not isinstance(encoder, (HierarchicalEncoder, LVTEncoder)):
         raise TypeError(f"cannot convert weights for {name}: expected a transkd segmentor or encoder")
     if isinstance(head, SegFormerHead):
         kind, upsampling = "segformer", []
@@ -235,17 +259,24 @@ def _describe_target(model: nn.Module) -> _Target:
     else:
         raise TypeError(f"cannot convert weights for {name}: its decode head "
                         f"{type(head).__name__} has no key map")
-    return _Target(dict(model.state_dict()), False, kind, upsampling, name)
+    return _Target(dict(model.state_dict()), False, kind, upsampling, name,
+                   isinstance(encoder, LVTEncoder))
 
 
-def _name_map(fmt: str, hf_layout: str) -> Callable[[str, list[bool]], _MapResult]:
+def _name_map(fmt: str, hf_layout: str, lvt: bool = False) -> Callable[[str, list[bool]], _MapResult]:
+    """The name map of ``fmt``; for an LVT network only the authors' and our own namings exist."""
+    if lvt:
+        return {"nvlabs": _lvt_authors_names, "transkd": _transkd_names}[fmt]
     return {"nvlabs": _nvlabs_names, "hf": _hf_names(hf_layout), "mmseg": _mmseg_names,
             "transkd": _transkd_names}[fmt]
 
 
 def _build_groups(target: _Target, fmt: str, hf_layout: str) -> tuple[list[_Group], list[str]]:
     """Groups covering every key of ``target``; also the module paths the format cannot name."""
-    names = _name_map(fmt, hf_layout)
+    if target.lvt and fmt not in ("nvlabs", "transkd"):
+        raise CheckpointError(f"{fmt} naming has no LVT network, not even its encoder; use nvlabs "
+                              "(the TransKD authors' LVT names) or transkd")
+    names = _name_map(fmt, hf_layout, target.lvt)
     groups, unnamed, claimed = [], [], set()
     for key in target.state:
         if key in claimed:
@@ -334,7 +365,7 @@ def detect_format(state: Mapping[str, torch.Tensor]) -> str:
         ("transkd", r"^(encoder\.)?stages\.\d+\.patch_embed\.proj\."),
         ("hf", r"^(segformer\.)?(encoder\.(patch_embeddings|block)\.|stages\.\d+\.patch_embeddings\.)"),
         ("mmseg", r"^(backbone\.)?layers\.\d+\.0\.projection\."),
-        ("nvlabs", r"^(backbone\.)?patch_embed[1-4]\."),
+        ("nvlabs", r"^((backbone\.)?patch_embed[1-4]|backbone\.[0-3]\.0\.proj)\."),
     )
     for fmt, pattern in checks:
         if any(re.match(pattern, k) for k in keys):
@@ -444,6 +475,8 @@ def _droppable(canonical: Mapping[str, str], fmt: str, target: _Target) -> dict[
     for key in canonical:
         if classifier and key in (classifier + "weight", classifier + "bias"):
             dropped[key] = "ImageNet classifier"
+        elif fmt == "nvlabs" and target.lvt and key in ("norm.weight", "norm.bias"):
+            dropped[key] = "final norm of LVT's ImageNet classifier"
         elif fmt == "nvlabs" and target.head != "fpn" and key.startswith("decode_head.conv_seg."):
             dropped[key] = "conv_seg of mmseg's base head, unused by the SegFormer head"
     return dropped
@@ -541,7 +574,10 @@ def export_state_dict(model: nn.Module, fmt: str = "nvlabs", *, hf_layout: str =
         for key, tensor in zip(group.theirs, tensors):
             if fmt == "transkd" and target.is_encoder:
                 key = key[len("encoder."):]
-            out[_export_prefix(key, fmt, target) + key] = tensor
+            prefix = _export_prefix(key, fmt, target)
+            if target.lvt and fmt == "nvlabs" and key.startswith("decode_head."):
+                key = key[len("decode_head."):]  # the authors' LVT keeps its head flat
+            out[prefix + key] = tensor
     return out
 
 

@@ -28,6 +28,7 @@ from ..data import dataset_class
 from ..errors import CheckpointError, ConfigError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, create_model, get_entry
 from ..models.heads import SegFormerHead
+from ..models.lvt import LVTEncoder
 from .convert import convert_state_dict, export_state_dict
 from .hf import write_hf_folder
 from .infer import (
@@ -282,6 +283,9 @@ def write_output(model: nn.Module, architecture: str, source: SourceCheckpoint, 
         state = model.state_dict()
         save_state_dict(state, out, metadata)
         return len(state)
+    if target in ("hf", "mmseg") and isinstance(getattr(model, "encoder", model), LVTEncoder):
+        raise ConfigError(f"--to {target}: {target} has no LVT network; use --to nvlabs (the TransKD "
+                          "authors' LVT names) or --to transkd")
     if target == "hf":
         return write_hf_folder(model, out, classes)
     if target == "mmseg" and not is_encoder and isinstance(model.decode_head, SegFormerHead):

@@ -12,7 +12,9 @@ Inference (:func:`infer_structure`, :func:`match_architecture`) reads stage widt
 stage, MLP and spatial-reduction ratios and the decode head from the tensors through the same
 name maps the conversion uses, or from ``config.json`` for a Hugging Face folder, and names the
 one registered model with that shape. Attention head counts are not visible in weights, so for
-tensor-only files they are assumed to be the (1, 2, 5, 8) every MiT/PVTv2 size uses.
+tensor-only files they are assumed to be the ones the registered encoder of that shape uses.
+The TransKD authors' LVT layout (``backbone.{stage}.0.proj``) is read through its own name map,
+and a Semantic FPN head without BatchNorm is the authors' PVTv2 head (``*_authors_fpn``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError
 from ..models import IMAGENET_MEAN, IMAGENET_STD, get_entry, list_models
+from ..models.lvt import LVT_CONFIGS
 from ..models.mit import MIT_CONFIGS
 from ..models.pvtv2 import PVTV2_CONFIGS
 from .convert import (
@@ -59,7 +62,9 @@ _HF_DEFAULTS: dict[str, Any] = {
 #: What every transkd encoder is built with and a config.json could say otherwise.
 _FIXED_HF_FIELDS = {"num_channels": 3, "num_encoder_blocks": 4, "patch_sizes": [7, 3, 3, 3],
                     "strides": [4, 2, 2, 2], "hidden_act": "gelu"}
-_AUTHORS_HEAD = re.compile(r"(linear_c[1-4]|linear_fuse|linear_pred)\.")
+_AUTHORS_HEAD = re.compile(r"(linear_c[1-4]|linear_fuse|linear_pred|head\.scale_heads|head\.conv_seg)\.")
+#: The authors' LVT: ``backbone.{stage}.0`` is a stage's patch embedding (``backbone.`` stripped).
+_LVT_PATCH = re.compile(r"[0-3]\.0\.proj\.weight$")
 _GENERIC_LABEL = re.compile(r"LABEL_\d+")
 
 
@@ -189,7 +194,8 @@ def select_student(obj: Any, prefix: str | None = None,
 class Structure:
     """The shape of a hierarchical encoder (+ decode head) as read from weights or a config.
 
-    ``head``: ``"segformer"`` (All-MLP), ``"fpn"`` (Semantic FPN) or None (encoder only);
+    ``head``: ``"segformer"`` (All-MLP), ``"fpn"`` (Semantic FPN), ``"fpn_authors"`` (Semantic
+    FPN without norm, the TransKD authors' PVTv2 head) or None (encoder only);
     ``head_width``: the All-MLP embedding width D, or the FPN neck's channels;
     ``num_heads``: None when the source cannot tell (weights alone).
     """
@@ -220,6 +226,8 @@ class Structure:
             parts.append(f"All-MLP head D={self.head_width}")
         elif self.head == "fpn":
             parts.append(f"Semantic FPN head ({self.head_width} channels)")
+        elif self.head == "fpn_authors":
+            parts.append(f"Semantic FPN head without norm ({self.head_width} channels)")
         else:
             parts.append("no decode head")
         if self.num_classes is not None:
@@ -242,10 +250,11 @@ def structure_from_state(state: Mapping[str, torch.Tensor], naming: str,
                          name: str = "state dict") -> Structure:
     """Read the structure off the tensors' shapes, through the name map of ``naming``."""
     canonical = {_canonical_key(k, naming): k for k in state}
-    names = _name_map(naming, _hf_layout_of(canonical) if naming == "hf" else "legacy")
+    lvt = naming == "nvlabs" and any(_LVT_PATCH.match(k) for k in canonical)
+    names = _name_map(naming, _hf_layout_of(canonical) if naming == "hf" else "legacy", lvt)
 
     def weight(module: str) -> torch.Tensor | None:
-        found = names(module, [])
+        found = names(module, [False])  # only level 1 of an FPN head is asked for: no upsampling
         if found is None or len(found[0]) != 1:
             return None
         key = canonical.get(f"{found[0][0]}.weight")
@@ -277,7 +286,9 @@ def structure_from_state(state: Mapping[str, torch.Tensor], naming: str,
         head, head_width = "segformer", int(projection.shape[0])
         num_classes = None if classifier is None else int(classifier.shape[0])
     elif lateral is not None and fpn_classifier is not None:
-        head, head_width, num_classes = "fpn", int(lateral.shape[0]), int(fpn_classifier.shape[0])
+        normed = weight("decode_head.head.scale_heads.0.0.bn") is not None
+        head = "fpn" if normed else "fpn_authors"
+        head_width, num_classes = int(lateral.shape[0]), int(fpn_classifier.shape[0])
     return Structure(tuple(widths), tuple(depths), tuple(mlp_ratios), tuple(sr_ratios), head,
                      head_width, num_classes)
 
@@ -322,7 +333,7 @@ def hf_class_names(config: Mapping[str, Any]) -> list[str] | None:
 
 def encoder_configs() -> dict:
     """Registered encoder name → its :class:`~transkd.models.EncoderConfig`."""
-    known = {**MIT_CONFIGS, **PVTV2_CONFIGS}
+    known = {**MIT_CONFIGS, **PVTV2_CONFIGS, **LVT_CONFIGS}
     return {name: known[name] for name in list_models(kind="encoder") if name in known}
 
 
@@ -335,14 +346,23 @@ def encoder_of(name: str) -> str:
     if entry.family == "segformer":
         encoder = "mit_" + name.removeprefix("segformer_")
     elif entry.family == "pvtv2":
-        encoder = name.removesuffix("_fpn")
+        encoder = name.removesuffix("_fpn").removesuffix("_authors")
+    elif entry.family == "lvt":
+        encoder = name.removesuffix("_mlp")
     else:
         raise ConfigError(f"cannot tell which encoder {name} is built on")
     return get_entry(encoder).name
 
 
-#: Which segmentor family carries each decode head.
-_HEAD_FAMILY = {"segformer": "segformer", "fpn": "pvtv2"}
+def head_of(name: str) -> str | None:
+    """The decode head a registered segmentor carries, in :class:`Structure`'s words (None for a
+    family whose head the weight maps do not know)."""
+    family = get_entry(name).family
+    if family in ("segformer", "lvt"):
+        return "segformer"
+    if family == "pvtv2":
+        return "fpn_authors" if name.endswith("_authors_fpn") else "fpn"
+    return None
 
 
 def match_architecture(structure: Structure, encoder_only: bool = False) -> str:
@@ -357,9 +377,8 @@ def match_architecture(structure: Structure, encoder_only: bool = False) -> str:
             raise CheckpointError(f"the weights fit {' and '.join(encoders)} alike; pass --model to "
                                   "choose")
         return encoders[0]
-    family = _HEAD_FAMILY[structure.head]
     matches = [n for n in list_models(kind="segmentor")
-               if get_entry(n).family == family and encoder_of(n) in encoders]
+               if head_of(n) == structure.head and encoder_of(n) in encoders]
     if len(matches) != 1:
         raise CheckpointError(f"no registered segmentation model pairs encoder "
                               f"{' or '.join(encoders)} with a {structure.head} head; pass --model")
