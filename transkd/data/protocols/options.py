@@ -5,7 +5,8 @@ reference behaviour stays reachable (:meth:`ProtocolOptions.faithful`):
 
 - ``normalize`` (True): ImageNet mean/std inputs; the reference feeds [0, 1] values.
 - ``shift_label_scaled`` (True): the 1/4-resolution label moves by round(px/4) and is padded with
-  ignore; the reference moves it by the image's pixel count and pads with class 0.
+  ignore; the reference moves it by the image's pixel count, pads a positive shift with void and
+  leaves class 0 where a negative shift's crop runs past the label's edge.
 - ``void_as_extra_class`` (False): the reference maps void to an extra class K of weight 0 and
   trains K+1 outputs.
 - ``poly_horizon_epochs`` (None = the training length): the reference decays over 1500 epochs
