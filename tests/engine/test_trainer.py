@@ -255,3 +255,15 @@ def test_the_training_plan_names_interval_units(tmp_path):
                            "train.val_interval=500"]), 600, 4)
     assert by_steps == ("plan: 600 iterations; lr standard with 60 warm-up iterations; validation every "
                         "500 iterations, checkpoint every iteration, log every 10 steps")
+
+
+def test_drop_last_false_trains_on_the_incomplete_batch(tmp_path):
+    common = ["data.options={length: 5, size: [32, 64]}", "train.epochs=1", "train.val_interval=1"]
+    dropped = run_module.run(tiny_config(tmp_path, *common, name="dropped"))
+    kept = run_module.run(tiny_config(tmp_path, *common, "train.drop_last=false", name="kept"))
+    assert dropped.steps == 2 and kept.steps == 3  # 5 images in batches of 2: the last holds one
+
+
+def test_drop_last_false_needs_single_step_accumulation(tmp_path):
+    with pytest.raises(ConfigError, match="train.drop_last"):
+        tiny_config(tmp_path, "train.drop_last=false", "train.grad_accum=2")

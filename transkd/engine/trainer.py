@@ -212,7 +212,9 @@ class Trainer:
         self.stream = (StreamSampler(len(unlabelled_set), seed=train.seed, rank=self.env.rank,
                                      world_size=self.env.world_size)
                        if self.unlabelled_per_batch else None)
-        batches_per_epoch = self.sampler.per_rank // self.batch_size
+        self.drop_last = train.drop_last
+        batches_per_epoch = (self.sampler.per_rank // self.batch_size if self.drop_last
+                             else -(-self.sampler.per_rank // self.batch_size))
         self.steps_per_epoch = batches_per_epoch // self.accum
         if self.steps_per_epoch < 1:
             raise TranskdError(f"train.batch_size {self.batch_size} × train.grad_accum {self.accum} "
@@ -238,7 +240,7 @@ class Trainer:
         seed = self.config.train.seed
         self.indexed_train = EpochIndexedDataset(self.primary_set)
         train_loader = DataLoader(self.indexed_train, batch_size=self.batch_size,
-                                  sampler=self.sampler, drop_last=True,
+                                  sampler=self.sampler, drop_last=self.drop_last,
                                   generator=torch.Generator().manual_seed(seed), **common)
         unlabelled_loader = None
         if self.stream is not None:
