@@ -33,7 +33,8 @@ def hcl_stage_loss(student: torch.Tensor, teacher: torch.Tensor,
     every level is used and both agree.
     """
     if level_weights not in HCL_LEVEL_WEIGHTS:
-        raise ValueError(f"level_weights must be one of {', '.join(HCL_LEVEL_WEIGHTS)}, got {level_weights!r}")
+        raise ValueError(f"level_weights must be one of {', '.join(HCL_LEVEL_WEIGHTS)}, "
+                         f"got {level_weights!r}")
     student, teacher = full_precision(student), full_precision(teacher)
     loss = F.mse_loss(student, teacher)
     total = 1.0
