@@ -660,7 +660,8 @@ class Trainer:
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
                            inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
                            progress=self.is_main and self.progress, reference=reference,
-                           per_image=per_image and not self.env.enabled)
+                           per_image=per_image and not self.env.enabled,
+                           void_false_negative=self.config.protocol.void_prediction_false_negative)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 
