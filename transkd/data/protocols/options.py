@@ -79,7 +79,8 @@ class ProtocolOptions:
     def faithful(cls, **overrides) -> ProtocolOptions:
         """The paper protocol exactly as the reference code runs it, defects included."""
         settings = dict(name="paper", normalize=False, shift_label_scaled=False,
-                        void_as_extra_class=True, void_prediction_false_negative=True, poly_horizon_epochs=1500)
+                        void_as_extra_class=True, void_prediction_false_negative=True,
+                        poly_horizon_epochs=1500)
         settings.update(overrides)
         return cls(**settings)
 
