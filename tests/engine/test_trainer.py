@@ -267,3 +267,20 @@ def test_drop_last_false_trains_on_the_incomplete_batch(tmp_path):
 def test_drop_last_false_needs_single_step_accumulation(tmp_path):
     with pytest.raises(ConfigError, match="train.drop_last"):
         tiny_config(tmp_path, "train.drop_last=false", "train.grad_accum=2")
+
+
+def test_void_prediction_false_negative_run_keeps_a_void_column(tmp_path):
+    import numpy as np
+
+    from transkd.report.runs import load_run
+
+    config = tiny_config(tmp_path, "train.epochs=1", "protocol.void_as_extra_class=true",
+                         "protocol.void_prediction_false_negative=true")
+    result = run_module.run(config)
+    assert result.status == "completed"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    with np.load(tmp_path / "run" / summary["per_image_confusion"]) as archive:
+        per_image = archive["confusion"]
+    k = per_image.shape[1]
+    assert per_image.shape[2] == k + 1
+    assert load_run(tmp_path / "run", "run").per_image_confusion().shape == (per_image.shape[0], k * (k + 1))
