@@ -184,6 +184,9 @@ class TrainConfig:
     iterations: int | None = None
     batch_size: int = 2
     grad_accum: int = 1
+    #: Drop an epoch's last incomplete batch (every step the same size); ``false`` trains on it,
+    #: as the reference code does (needs ``grad_accum`` 1).
+    drop_last: bool = True
     precision: Precision = "fp32"
     seed: int = 0
     deterministic: bool = False
@@ -509,6 +512,9 @@ def _check_train(train: TrainConfig) -> None:
                 "log_interval"):
         value = getattr(train, key)
         _require(value >= 1, f"train.{key}", f"must be a positive integer, got {value}")
+    _require(train.drop_last or train.grad_accum == 1, "train.drop_last",
+             f"false needs train.grad_accum 1 (an incomplete batch cannot share an accumulated step), "
+             f"got grad_accum {train.grad_accum}")
     _require(train.num_workers >= 0, "train.num_workers",
              f"must be non-negative, got {train.num_workers}")
     _require(train.seed >= 0, "train.seed", f"must be non-negative, got {train.seed}")

@@ -126,8 +126,9 @@ def _shift_border_values(opts, seeds=range(40)):
 def test_paper_shift_fix_versus_faithful_defect():
     fixed = ProtocolOptions(short_side=64, max_shift=8)
     assert _shift_border_values(fixed) == {3, 255}
-    faithful = ProtocolOptions.faithful(short_side=64, max_shift=8, void_as_extra_class=False)
-    assert _shift_border_values(faithful) == {0, 3}
+    faithful = ProtocolOptions.faithful(short_side=64, max_shift=8, void_as_extra_class=False,
+                                        void_prediction_false_negative=False)
+    assert _shift_border_values(faithful) == {0, 3, 255}  # void padding, class 0 past the edge
 
 
 def test_paper_fixed_label_shift_stays_aligned_with_image():

@@ -136,14 +136,43 @@ def test_shift_below_half_label_pixel_leaves_label_in_place():
     np.testing.assert_array_equal(out_label, label)
 
 
-def test_shift_faithful_defect_moves_label_full_amount_with_class_zero():
-    image, _ = _pair(16, 16)
-    label = np.arange(1, 17, dtype=np.uint8).reshape(4, 4)
-    shift = RandomShift(max_shift=2, label_fill=0, label_scale=1.0)
-    _, out_label = shift(image, label, _FixedRng(integers=[2, 1]))  # dx=2, dy=1
-    expected = np.zeros((4, 4), np.uint8)
-    expected[1:, 2:] = label[:3, :2]
-    np.testing.assert_array_equal(out_label, expected)
+def _authors_shift(label: np.ndarray, trans_x: int, trans_y: int) -> np.ndarray:
+    """The reference code's label shift, step by step as its training script writes it (PIL)."""
+    from PIL import Image, ImageOps
+
+    target = Image.fromarray(label)
+    target = ImageOps.expand(target, border=(trans_x, trans_y, 0, 0), fill=255)
+    target = target.crop((0, 0, target.size[0] - trans_x, target.size[1] - trans_y))
+    return np.asarray(target)
+
+
+@pytest.mark.parametrize("dx", [-2, -1, 0, 1, 2])
+@pytest.mark.parametrize("dy", [-2, -1, 0, 1, 2])
+def test_shift_faithful_equals_the_authors_transform(dx, dy):
+    image, _ = _pair(20, 24)
+    label = np.arange(1, 31, dtype=np.uint8).reshape(5, 6)  # no 0 and no 255 inside: fills stand out
+    shift = RandomShift(max_shift=2, label_fill=255, label_scale=1.0, label_edge_fill=0)
+    out_image, out_label = shift(image, label, _FixedRng(integers=[dx, dy]))
+    np.testing.assert_array_equal(out_label, _authors_shift(label, dx, dy))
+    np.testing.assert_array_equal(out_image, shift_array(image, dy, dx, 0))
+
+
+def test_shift_faithful_pads_void_and_leaves_class_zero_past_the_edge():
+    label = np.full((4, 4), 7, np.uint8)
+    shift = RandomShift(max_shift=2, label_fill=255, label_scale=1.0, label_edge_fill=0)
+    _, out = shift(np.zeros((16, 16, 3), np.uint8), label, _FixedRng(integers=[2, -1]))  # dx=2, dy=-1
+    expected = np.array([[255, 255, 7, 7]] * 3 + [[0, 0, 0, 0]], np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_paper_protocol_faithful_shift_equals_the_authors_transform():
+    from transkd.data.protocols import ProtocolOptions
+
+    steps = ProtocolOptions.faithful(flip_prob=0.0).protocol().train_steps()
+    shift = next(step for step in steps if isinstance(step, RandomShift))
+    label = np.arange(1, 31, dtype=np.uint8).reshape(5, 6)
+    _, out = shift(np.zeros((20, 24, 3), np.uint8), label, _FixedRng(integers=[-2, 1]))
+    np.testing.assert_array_equal(out, _authors_shift(label, -2, 1))
 
 
 def test_shift_draws_within_range():

@@ -6,7 +6,9 @@
 Writes ``tests/distill/fixtures/<method>.json`` with every loss term of three AdamW steps on a
 tiny random case (SegFormer-B2 teacher, B0 student, 64×64, batch 2, 5 classes, no dropout or
 stochastic depth). ``test_all_methods.py`` builds the same case and compares. Regenerate a
-method's file only when a change of its numbers is intended.
+method's file only when a change of its numbers is intended. The pinned values come from the
+code itself, so they catch a change, not a wrong formula: each formula is checked against an
+independent computation in ``test_independent_losses.py``.
 
 The case runs in float64, weights and inputs drawn in float64. In float32 the
 summation order of a reduction (which differs between CPUs: AVX-512, AVX2, ARM, and with the

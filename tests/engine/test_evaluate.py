@@ -193,3 +193,59 @@ def test_evaluate_slide_tta_and_amp():
 def test_evaluate_rejects_too_few_outputs():
     with pytest.raises(ValueError, match="outputs"):
         evaluate(_OracleModel(2), _loader(2, 255, batches=1), num_classes=3, ignore_index=255)
+
+
+def _authors_iou(pred: torch.Tensor, target: torch.Tensor, num_outputs: int) -> list[float]:
+    """Per-class IoU as the reference code's iouEval counts it, written from its logic: one-hot
+    predictions and targets over all outputs, the void channel (the last) dropped from both, void
+    targets removed from false positives only. Classes never seen are left out (NaN) here."""
+    x = torch.nn.functional.one_hot(pred, num_outputs).double()[..., :-1]
+    y = torch.nn.functional.one_hot(target, num_outputs).double()
+    ignores, y = y[..., -1:], y[..., :-1]
+    tp = (x * y).sum(dim=(0, 1))
+    fp = (x * (1 - y - ignores)).sum(dim=(0, 1))
+    fn = ((1 - x) * y).sum(dim=(0, 1))
+    den = tp + fp + fn
+    return [float(t / d) if d > 0 else math.nan for t, d in zip(tp, den, strict=True)]
+
+
+def test_void_prediction_false_negative_matches_the_authors_iou():
+    torch.manual_seed(3)
+    k = 4
+    target = torch.randint(0, k + 1, (2, 9, 7))  # k = void
+    logits = torch.randn(2, k + 1, 9, 7)
+    logits[:, k] += 0.8  # void predicted often
+    pred_all = logits.argmax(1)
+    loader = [{"image": logits, "label": target}]
+
+    class _Identity(nn.Module):
+        def forward(self, x):
+            return x
+
+    m = evaluate(_Identity(), loader, num_classes=k, ignore_index=255, void_false_negative=True)
+    assert m["confusion"].shape == (k, k + 1) and int(m["confusion"][:, k].sum()) > 0
+    expected = _authors_iou(pred_all.reshape(-1, 1)[:, 0][None], target.reshape(1, -1), k + 1)
+    assert m["iou"] == pytest.approx(expected)
+    default = evaluate(_Identity(), loader, num_classes=k, ignore_index=255)
+    assert default["miou"] != pytest.approx(m["miou"])  # the option changes the number
+
+
+def test_void_prediction_false_negative_needs_the_void_output():
+    with pytest.raises(ValueError, match="void output"):
+        evaluate(_OracleModel(3), _loader(3, 255, batches=1), num_classes=3, ignore_index=255,
+                 void_false_negative=True)
+
+
+def test_per_image_confusion_with_void_column_sums_to_the_dataset_matrix():
+    torch.manual_seed(4)
+    logits = torch.randn(3, 4, 5, 5)
+    target = torch.randint(0, 4, (3, 5, 5))
+
+    class _Identity(nn.Module):
+        def forward(self, x):
+            return x
+
+    m = evaluate(_Identity(), [{"image": logits, "label": target}], num_classes=3, per_image=True,
+                 void_false_negative=True)
+    assert m["per_image_confusion"].shape == (3, 3, 4)
+    assert torch.equal(m["per_image_confusion"].sum(0), m["confusion"])

@@ -255,3 +255,32 @@ def test_the_training_plan_names_interval_units(tmp_path):
                            "train.val_interval=500"]), 600, 4)
     assert by_steps == ("plan: 600 iterations; lr standard with 60 warm-up iterations; validation every "
                         "500 iterations, checkpoint every iteration, log every 10 steps")
+
+
+def test_drop_last_false_trains_on_the_incomplete_batch(tmp_path):
+    common = ["data.options={length: 5, size: [32, 64]}", "train.epochs=1", "train.val_interval=1"]
+    dropped = run_module.run(tiny_config(tmp_path, *common, name="dropped"))
+    kept = run_module.run(tiny_config(tmp_path, *common, "train.drop_last=false", name="kept"))
+    assert dropped.steps == 2 and kept.steps == 3  # 5 images in batches of 2: the last holds one
+
+
+def test_drop_last_false_needs_single_step_accumulation(tmp_path):
+    with pytest.raises(ConfigError, match="train.drop_last"):
+        tiny_config(tmp_path, "train.drop_last=false", "train.grad_accum=2")
+
+
+def test_void_prediction_false_negative_run_keeps_a_void_column(tmp_path):
+    import numpy as np
+
+    from transkd.report.runs import load_run
+
+    config = tiny_config(tmp_path, "train.epochs=1", "protocol.void_as_extra_class=true",
+                         "protocol.void_prediction_false_negative=true")
+    result = run_module.run(config)
+    assert result.status == "completed"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    with np.load(tmp_path / "run" / summary["per_image_confusion"]) as archive:
+        per_image = archive["confusion"]
+    k = per_image.shape[1]
+    assert per_image.shape[2] == k + 1
+    assert load_run(tmp_path / "run", "run").per_image_confusion().shape == (per_image.shape[0], k * (k + 1))

@@ -87,3 +87,13 @@ def test_bootstrap_draws_seeds_then_images_with_one_generator():
         counts = tuple(np.bincount(rng.integers(0, 3, 3), minlength=3).astype(float))
         expected.append((picked, counts))
     assert seen[1:] == expected and seen[0] == ((0, 1), (1.0, 1.0, 1.0))
+
+
+def test_miou_of_counts_a_void_column_as_false_negatives():
+    from transkd.report.stats import matrix_of, miou_of
+
+    confusion = np.array([[3, 1, 2], [0, 4, 0]], float)  # class 0: 2 pixels predicted void
+    # IoU_0 = 3 / (3 + 1 + 2), IoU_1 = 4 / (4 + 1): void predictions are no class's false positive
+    assert math.isclose(miou_of(confusion), (3 / 6 + 4 / 5) / 2)
+    assert matrix_of(confusion.reshape(-1)).shape == (2, 3)
+    assert matrix_of(np.arange(9.0)).shape == (3, 3)

@@ -78,6 +78,24 @@ def shift_array(array: np.ndarray, dy: int, dx: int, fill: float) -> np.ndarray:
     return out
 
 
+def reference_shift_array(array: np.ndarray, dy: int, dx: int, pad_fill: float,
+                          edge_fill: float) -> np.ndarray:
+    """The reference code's shift: PIL ``ImageOps.expand(border=(dx, dy, 0, 0), fill=pad_fill)``
+    then a crop back to the original size.
+
+    A positive shift pads the top/left with ``pad_fill``; a negative one moves the content up/left
+    and the crop runs past the canvas, whose pixels PIL fills with ``edge_fill`` (0), so those
+    bottom rows / right columns win where both meet.
+    """
+    out = shift_array(array, dy, dx, pad_fill)
+    h, w = array.shape[:2]
+    if dy < 0:
+        out[max(h + dy, 0):] = edge_fill
+    if dx < 0:
+        out[:, max(w + dx, 0):] = edge_fill
+    return out
+
+
 def _scaled(height: int, width: int, factor: float) -> tuple[int, int]:
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
@@ -303,26 +321,33 @@ class RandomShift:
     The label moves by ``round(d * label_scale)`` pixels (half to even) and its vacated border
     gets ``label_fill``, so a 1/4-resolution label stays aligned with the image. Shifts smaller
     than half a label pixel leave the label in place, the nearest representable alignment.
-    ``label_scale=1`` with ``label_fill=0`` reproduces the reference code (label moved by the
-    image's pixel count and padded with class 0).
+    ``label_edge_fill`` set (with ``label_scale=1``) reproduces the reference code instead: the
+    label moves by the image's pixel count, a positive shift pads it with ``label_fill`` and
+    a negative one leaves ``label_edge_fill`` where its crop runs past the edge
+    (:func:`reference_shift_array`).
     """
 
     def __init__(self, max_shift: int = 2, image_fill: int = 0, label_fill: int = 255,
-                 label_scale: float = 1.0) -> None:
+                 label_scale: float = 1.0, label_edge_fill: int | None = None) -> None:
         self.max_shift = int(max_shift)
         self.image_fill = image_fill
         self.label_fill = label_fill
         self.label_scale = float(label_scale)
+        self.label_edge_fill = label_edge_fill
 
     def __call__(self, image, label, rng: np.random.Generator):
         dx, dy = (int(v) for v in rng.integers(-self.max_shift, self.max_shift + 1, size=2))
         ldx, ldy = (int(np.round(d * self.label_scale)) for d in (dx, dy))
-        return (shift_array(image, dy, dx, self.image_fill),
-                shift_array(label, ldy, ldx, self.label_fill))
+        if self.label_edge_fill is None:
+            shifted = shift_array(label, ldy, ldx, self.label_fill)
+        else:
+            shifted = reference_shift_array(label, ldy, ldx, self.label_fill, self.label_edge_fill)
+        return shift_array(image, dy, dx, self.image_fill), shifted
 
     def __repr__(self) -> str:
+        edge = "" if self.label_edge_fill is None else f", label_edge_fill={self.label_edge_fill}"
         return (f"RandomShift(max_shift={self.max_shift}, label_scale={self.label_scale}, "
-                f"label_fill={self.label_fill})")
+                f"label_fill={self.label_fill}{edge})")
 
 
 class PhotoMetricDistortion:

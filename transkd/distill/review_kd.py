@@ -25,7 +25,7 @@ from torch import nn
 
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_weight
-from .losses import hcl_loss
+from .losses import HCL_LEVEL_WEIGHTS, hcl_loss
 from .registry import register_method
 from .transkd import SampleSafeBatchNorm2d
 
@@ -88,9 +88,14 @@ class KnowledgeReview(DistillMethod):
     class Options:
         hcl_weight: float = 1.0
         mid_channels: int = 64
+        #: "fixed" level weights, or "halved" per level used as the reference code does.
+        hcl_level_weights: str = "fixed"
 
         def validate(self) -> None:
             check_weight("hcl_weight", self.hcl_weight)
+            if self.hcl_level_weights not in HCL_LEVEL_WEIGHTS:
+                raise ValueError(f"hcl_level_weights must be one of {', '.join(HCL_LEVEL_WEIGHTS)}, "
+                                 f"got {self.hcl_level_weights!r}")
             if self.mid_channels < 1:
                 raise ValueError(f"mid_channels must be a positive integer, got {self.mid_channels}")
 
@@ -105,4 +110,5 @@ class KnowledgeReview(DistillMethod):
     def loss_terms(self, ctx: DistillContext) -> dict[str, torch.Tensor]:
         outputs = self.review(ctx.student.features)
         targets = [self.teacher_map(ctx, i, out) for i, out in enumerate(outputs)]
-        return {"review_hcl": self.options.hcl_weight * hcl_loss(outputs, targets)}
+        return {"review_hcl": self.options.hcl_weight * hcl_loss(outputs, targets,
+                                                                  self.options.hcl_level_weights)}

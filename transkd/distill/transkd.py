@@ -35,7 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.layers import OverlapPatchEmbed, init_transformer_weights
 from .base import DistillContext, DistillMethod, NetworkInfo
-from .losses import full_precision, hcl_loss
+from .losses import HCL_LEVEL_WEIGHTS, full_precision, hcl_loss
 from .registry import register_method
 
 # --------------------------------------------------------------------------------------------
@@ -221,9 +221,14 @@ class FeatureOptions:
     csf_mid_channels: int = 64       # mid width M of the fusion path
     csf_reduction: int = 16          # attention hidden width L = max(M // reduction, min)
     csf_min_hidden: int = 32
+    #: "fixed" level weights, or "halved" per level used as the reference code does.
+    hcl_level_weights: str = "fixed"
 
     def check_features(self) -> None:
         _check_number("hcl_weight", self.hcl_weight)
+        if self.hcl_level_weights not in HCL_LEVEL_WEIGHTS:
+            raise ValueError(f"hcl_level_weights must be one of {', '.join(HCL_LEVEL_WEIGHTS)}, "
+                             f"got {self.hcl_level_weights!r}")
         for name in ("csf_mid_channels", "csf_reduction", "csf_min_hidden"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
@@ -367,7 +372,8 @@ class TransKDMethod(DistillMethod):
         if self.use_features:
             outputs = self.csf(ctx.student.features)
             targets = [self.teacher_map(ctx, i, out) for i, out in enumerate(outputs)]
-            terms["hcl"] = self.options.hcl_weight * hcl_loss(outputs, targets)
+            terms["hcl"] = self.options.hcl_weight * hcl_loss(outputs, targets,
+                                                               self.options.hcl_level_weights)
         if self.use_embeddings:
             for stage in self.pea_stages:
                 aligned = self.align_embedding(stage, ctx)

@@ -112,7 +112,8 @@ def evaluate_checkpoint(target: str | os.PathLike, config_file: str | os.PathLik
                                  stride=config.eval.stride, scales=config.eval.scales,
                                  flip=config.eval.flip)
     metrics = evaluate(model, loader, bundle.num_classes, config.protocol.ignore_index,
-                       inference=inference, device=device, progress=progress)
+                       inference=inference, device=device, progress=progress,
+                       void_false_negative=config.protocol.void_prediction_false_negative)
     return CheckpointScore(weights=weights, model=model.model_name, dataset=bundle.name, split=split,
                            images=len(val_set), class_names=tuple(bundle.class_names),
                            description=protocol_description(config), metrics=metrics)

@@ -213,7 +213,9 @@ class Trainer:
         self.stream = (StreamSampler(len(unlabelled_set), seed=train.seed, rank=self.env.rank,
                                      world_size=self.env.world_size)
                        if self.unlabelled_per_batch else None)
-        batches_per_epoch = self.sampler.per_rank // self.batch_size
+        self.drop_last = train.drop_last
+        batches_per_epoch = (self.sampler.per_rank // self.batch_size if self.drop_last
+                             else -(-self.sampler.per_rank // self.batch_size))
         self.steps_per_epoch = batches_per_epoch // self.accum
         if self.steps_per_epoch < 1:
             raise TranskdError(f"train.batch_size {self.batch_size} × train.grad_accum {self.accum} "
@@ -239,7 +241,7 @@ class Trainer:
         seed = self.config.train.seed
         self.indexed_train = EpochIndexedDataset(self.primary_set)
         train_loader = DataLoader(self.indexed_train, batch_size=self.batch_size,
-                                  sampler=self.sampler, drop_last=True,
+                                  sampler=self.sampler, drop_last=self.drop_last,
                                   generator=torch.Generator().manual_seed(seed), **common)
         unlabelled_loader = None
         if self.stream is not None:
@@ -660,7 +662,8 @@ class Trainer:
         metrics = evaluate(network, loader, self.num_classes, self.config.protocol.ignore_index,
                            inference=self.inference, device=self.device, amp_dtype=self.amp_dtype,
                            progress=self.is_main and self.progress, reference=reference,
-                           per_image=per_image and not self.env.enabled)
+                           per_image=per_image and not self.env.enabled,
+                           void_false_negative=self.config.protocol.void_prediction_false_negative)
         metrics["eval_seconds"] = time.perf_counter() - started
         return metrics
 

@@ -29,12 +29,25 @@ def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
 
 
 def miou_of(confusion: np.ndarray) -> float:
-    """Mean IoU of a (K, K) confusion matrix; classes absent from truth and prediction left out."""
+    """Mean IoU of a (K, K) confusion matrix; classes absent from truth and prediction left out.
+
+    A (K, K+1) matrix's last column holds void predictions: false negatives of their row's class."""
     confusion = np.asarray(confusion, dtype=np.float64)
+    k = confusion.shape[0]
     tp = np.diag(confusion)
-    union = confusion.sum(0) + confusion.sum(1) - tp
+    union = confusion[:, :k].sum(0) + confusion.sum(1) - tp
     present = union > 0
     return float((tp[present] / union[present]).mean()) if present.any() else math.nan
+
+
+def matrix_of(flat: np.ndarray) -> np.ndarray:
+    """A flattened (K, K) or (K, K+1) confusion matrix back in its shape (K·K is never K·(K+1))."""
+    n = flat.shape[-1]
+    k = int(round(math.sqrt(n)))
+    if k * k == n:
+        return flat.reshape(k, k)
+    k = int(round((math.sqrt(4 * n + 1) - 1) / 2))
+    return flat.reshape(k, k + 1)
 
 
 @dataclass
@@ -49,8 +62,7 @@ class Member:
         """mIoU over images drawn ``counts`` times each (None: the run's own number)."""
         if counts is None or self.per_image is None:
             return self.miou
-        k = int(round(math.sqrt(self.per_image.shape[1])))
-        return miou_of((counts @ self.per_image).reshape(k, k))
+        return miou_of(matrix_of(counts @ self.per_image))
 
 
 @dataclass

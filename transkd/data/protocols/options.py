@@ -5,9 +5,12 @@ reference behaviour stays reachable (:meth:`ProtocolOptions.faithful`):
 
 - ``normalize`` (True): ImageNet mean/std inputs; the reference feeds [0, 1] values.
 - ``shift_label_scaled`` (True): the 1/4-resolution label moves by round(px/4) and is padded with
-  ignore; the reference moves it by the image's pixel count and pads with class 0.
+  ignore; the reference moves it by the image's pixel count, pads a positive shift with void and
+  leaves class 0 where a negative shift's crop runs past the label's edge.
 - ``void_as_extra_class`` (False): the reference maps void to an extra class K of weight 0 and
   trains K+1 outputs.
+- ``void_prediction_false_negative`` (False): with the void output, the reference's evaluation
+  lets the network predict void and counts it as a false negative of the pixel's class.
 - ``poly_horizon_epochs`` (None = the training length): the reference decays over 1500 epochs
   while training 1000, so the learning rate never reaches 0.
 """
@@ -44,6 +47,9 @@ class ProtocolOptions:
     std: tuple[float, float, float] = IMAGENET_STD
     flip_prob: float = 0.5
     void_as_extra_class: bool = False
+    #: With the void output: evaluation predicts over it too, and a void prediction counts as a
+    #: false negative of the pixel's class (the reference code's ``iouEval``).
+    void_prediction_false_negative: bool = False
     #: "auto" = "erfnet" for the paper protocol on 19-class cityscapes/acdc, else "none".
     class_weights: str = "auto"
     # paper
@@ -73,7 +79,8 @@ class ProtocolOptions:
     def faithful(cls, **overrides) -> ProtocolOptions:
         """The paper protocol exactly as the reference code runs it, defects included."""
         settings = dict(name="paper", normalize=False, shift_label_scaled=False,
-                        void_as_extra_class=True, poly_horizon_epochs=1500)
+                        void_as_extra_class=True, void_prediction_false_negative=True,
+                        poly_horizon_epochs=1500)
         settings.update(overrides)
         return cls(**settings)
 
@@ -121,6 +128,9 @@ class ProtocolOptions:
         _check(0 <= self.ignore_index <= 255, "ignore_index", self.ignore_index,
                "an integer in [0, 255] (labels are uint8)")
         _check(all(s > 0 for s in self.std), "std", self.std, "three positive numbers")
+        _check(self.void_as_extra_class or not self.void_prediction_false_negative,
+               "void_prediction_false_negative", self.void_prediction_false_negative,
+               "false unless void_as_extra_class is true (there is no void output to predict)")
         _check(0 <= self.flip_prob <= 1, "flip_prob", self.flip_prob, "a probability in [0, 1]")
         _check(self.class_weights in CLASS_WEIGHT_MODES, "class_weights", self.class_weights,
                f"one of {', '.join(CLASS_WEIGHT_MODES)}")

@@ -30,8 +30,9 @@ class PaperProtocol(Protocol):
             if opts.shift_label_scaled:
                 steps.append(RandomShift(opts.max_shift, label_fill=opts.ignore_index,
                                          label_scale=opts.label_scale))
-            else:  # the reference: moved by the image's pixel count, padded with class 0
-                steps.append(RandomShift(opts.max_shift, label_fill=0, label_scale=1.0))
+            else:  # the reference: moved by the image's pixel count, void padding, class 0 past the edge
+                steps.append(RandomShift(opts.max_shift, label_fill=opts.ignore_index, label_scale=1.0,
+                                         label_edge_fill=0))
         return [*steps, self.normalize()]
 
     def eval_steps(self) -> list:
