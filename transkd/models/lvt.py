@@ -30,7 +30,7 @@ from .layers import (
     init_transformer_weights,
     tokens_to_grid,
 )
-from .mit import EncoderOutput, _with_overrides
+from .mit import StagedEncoder, _with_overrides
 from .registry import register_model
 
 
@@ -208,7 +208,7 @@ class LVTStage(nn.Module):
         return tokens_to_grid(tokens, height, width), embedding
 
 
-class LVTEncoder(nn.Module):
+class LVTEncoder(StagedEncoder):
     """Four-stage LVT encoder with strides 4, 8, 16, 32; the same interface as MiT's."""
 
     def __init__(self, config: LVTConfig) -> None:
@@ -227,22 +227,6 @@ class LVTEncoder(nn.Module):
                 # fan-out over all nine offsets, as LVT initialises it (not per group)
                 nn.init.normal_(module.value.weight, 0.0, math.sqrt(2.0 / module.value.out_channels))
 
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(self.config.embed_dims)
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        return tuple(4 * 2 ** i for i in range(len(self.config.embed_dims)))
-
-    def forward(self, x: torch.Tensor, return_embeddings: bool = False) -> EncoderOutput:
-        features, embeddings = [], []
-        for stage in self.stages:
-            x, embedding = stage(x)
-            features.append(x)
-            if return_embeddings:
-                embeddings.append(embedding)
-        return EncoderOutput(features, embeddings if return_embeddings else None)
 
 
 LVT_CONFIGS: dict[str, LVTConfig] = {"lvt": LVTConfig()}

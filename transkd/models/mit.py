@@ -67,7 +67,34 @@ class EncoderStage(nn.Module):
         return grid, embedding
 
 
-class HierarchicalEncoder(nn.Module):
+class StagedEncoder(nn.Module):
+    """An encoder of stages, each a stride-2 (the first stride-4) patch embedding then blocks that
+    return the stage's grid and its embedding tokens: what the network contract reads. Subclasses
+    set ``config.embed_dims`` and ``stages``."""
+
+    config: EncoderConfig
+    stages: nn.ModuleList
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        return tuple(self.config.embed_dims)
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """4 for the first stage (a stride-4 patch embedding), then twice the previous."""
+        return tuple(4 * 2 ** i for i in range(len(self.config.embed_dims)))
+
+    def forward(self, x: torch.Tensor, return_embeddings: bool = False) -> EncoderOutput:
+        features, embeddings = [], []
+        for stage in self.stages:
+            x, embedding = stage(x)
+            features.append(x)
+            if return_embeddings:
+                embeddings.append(embedding)
+        return EncoderOutput(features, embeddings if return_embeddings else None)
+
+
+class HierarchicalEncoder(StagedEncoder):
     """Four-stage transformer encoder with strides 4, 8, 16, 32 (MiT / PVTv2)."""
 
     def __init__(self, config: EncoderConfig) -> None:
@@ -91,23 +118,6 @@ class HierarchicalEncoder(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.apply(init_transformer_weights)
 
-    @property
-    def widths(self) -> tuple[int, ...]:
-        return tuple(self.config.embed_dims)
-
-    @property
-    def strides(self) -> tuple[int, ...]:
-        """4 for the first stage (a stride-4 patch embedding), then twice the previous."""
-        return tuple(4 * 2 ** i for i in range(len(self.config.embed_dims)))
-
-    def forward(self, x: torch.Tensor, return_embeddings: bool = False) -> EncoderOutput:
-        features, embeddings = [], []
-        for stage in self.stages:
-            x, embedding = stage(x)
-            features.append(x)
-            if return_embeddings:
-                embeddings.append(embedding)
-        return EncoderOutput(features, embeddings if return_embeddings else None)
 
 
 _MIT_WIDE = (64, 128, 320, 512)
