@@ -834,7 +834,15 @@ class Trainer:
                 "wall_seconds": round(result.train_seconds, 3),
                 "step_seconds": round(self.step_seconds, 3),
                 "seconds_per_step": self.step_seconds / steps if steps else None,
-                "train_macs": per_step * result.steps if per_step else None}
+                "train_macs": per_step * result.steps if per_step else None,
+                "peak_gpu_memory_mb": self._peak_gpu_memory_mb()}
+
+    def _peak_gpu_memory_mb(self) -> float | None:
+        """This process's peak allocated GPU memory (MiB); None off CUDA. It is what a GPU check
+        compares between precisions, so it counts tensors, not the allocator's reserve."""
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
 
     def _write_summary(self, result: RunResult) -> None:
         summary = {
