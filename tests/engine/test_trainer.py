@@ -274,3 +274,17 @@ def test_the_training_plan_names_interval_units(tmp_path):
                            "train.val_interval=500"]), 600, 4)
     assert by_steps == ("plan: 600 iterations; lr standard with 60 warm-up iterations; validation every "
                         "500 iterations, checkpoint every iteration, log every 10 steps")
+
+
+@pytest.mark.parametrize("protocol", [[], ["protocol.name=standard", "protocol.crop_size=[32, 32]",
+                                           "protocol.scale=[64, 32]"]])
+def test_normalising_on_the_device_trains_the_same_weights(tmp_path, protocol):
+    """train.normalize_on_device only moves where the same arithmetic happens: the run's weights
+    are bit-identical to a run that normalises in the loader."""
+    states = []
+    for on in ("false", "true"):
+        run_module.run(tiny_config(tmp_path, *protocol, "train.epochs=1",
+                                   f"train.normalize_on_device={on}", name=f"run-{on}"))
+        states.append(state_of(model_file(tmp_path / f"run-{on}", last=True)))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

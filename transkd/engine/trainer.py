@@ -599,6 +599,8 @@ class Trainer:
             labels = labels.to(device, non_blocking=True)
             if labelled is not None:
                 labelled = labelled.to(device, non_blocking=True)
+            if images.dtype == torch.uint8:  # train.normalize_on_device: after the small copy
+                images = self.primary_set.transform.deferred.batch(images)
             if self.config.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = micro == accum - 1
