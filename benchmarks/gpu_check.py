@@ -63,9 +63,9 @@ def run_overrides(args: argparse.Namespace, steps: int) -> list[str]:
               f"train.val_interval={steps}", f"train.checkpoint_interval={steps}",
               "train.log_interval=10", f"train.batch_size={args.batch_size}"]
     if args.dry_run:
-        return [*common, "data.name=synthetic", "data.root=null", "data.options={length: 16, size: [64, 128]}",
-                "data.val_options={length: 4}", "protocol.image_size=[64, 128]",
-                "protocol.class_weights=none", "train.num_workers=0", "train.device=cpu",
+        return [*common, "data.name=synthetic", "data.root=null",
+                "data.options={length: 16, size: [64, 128]}", "data.val_options={length: 4}",
+                "protocol.image_size=[64, 128]", "protocol.class_weights=none", "train.num_workers=0", "train.device=cpu",
                 "train.precision=fp32"]
     return [*common, f"data.root={args.data}", "protocol.image_size=[360, 480]", "train.num_workers=6",
             "train.device=cuda", f"train.precision={args.precision}", "train.channels_last=true"]
@@ -158,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     stages: list[Stage] = []
     if not args.skip_tests:
         select = ["--collect-only"] if args.dry_run else []
-        stages.append(Stage("cuda tests", [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-k", "cuda",
-                                           "-p", "no:cacheprovider", *select, *TEST_DIRS], env))
+        pytest = [sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-k", "cuda",
+                  "-p", "no:cacheprovider"]
+        stages.append(Stage("cuda tests", [*pytest, *select, *TEST_DIRS], env))
     teacher = args.teacher
     if teacher is None:
         teacher = str(out / "teacher" / "best" / "model.safetensors")
@@ -167,8 +168,8 @@ def main(argv: list[str] | None = None) -> int:
             "train", TEACHER_CONFIG, out / "teacher", run_overrides(args, args.teacher_steps)), env))
     distill = [*run_overrides(args, args.steps), f"teacher.weights={teacher}"]
     runs = {"distill": out / "distill", "torchrun": out / "torchrun"}
-    stages.append(Stage("distill (transkd_base)", transkd_command("distill", CONFIG, runs["distill"], distill),
-                        env))
+    stages.append(Stage("distill (transkd_base)",
+                        transkd_command("distill", CONFIG, runs["distill"], distill), env))
     probe = [str(Path(__file__).resolve()), "--nccl-probe", *(["--dry-run"] if args.dry_run else [])]
     stages.append(Stage("torchrun backend probe", torchrun_command(probe), env))
     stages.append(Stage("torchrun distill", torchrun_command(
