@@ -65,8 +65,8 @@ def run_overrides(args: argparse.Namespace, steps: int) -> list[str]:
     if args.dry_run:
         return [*common, "data.name=synthetic", "data.root=null",
                 "data.options={length: 16, size: [64, 128]}", "data.val_options={length: 4}",
-                "protocol.image_size=[64, 128]", "protocol.class_weights=none", "train.num_workers=0", "train.device=cpu",
-                "train.precision=fp32"]
+                "protocol.image_size=[64, 128]", "protocol.class_weights=none", "train.num_workers=0",
+                "train.device=cpu", "train.precision=fp32"]
     return [*common, f"data.root={args.data}", "protocol.image_size=[360, 480]", "train.num_workers=6",
             "train.device=cuda", f"train.precision={args.precision}", "train.channels_last=true"]
 
