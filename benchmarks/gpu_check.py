@@ -9,7 +9,8 @@ Without ``--teacher`` it first trains a short SegFormer-B2 teacher (``--teacher-
 data, so the distillation has real (if weak) targets; the mIoU it reaches then says that the
 pipeline learns, not what a full schedule reaches. Every stage is a child process (``pytest``,
 ``python -m transkd``, ``torchrun``), so a crash in one is reported with its name and the check
-exits non-zero. Budget: about 8 minutes on one recent GPU with the defaults.
+exits non-zero. The defaults are sized for under 8 minutes on one recent GPU (an estimate until
+it has run on one); ``--budget`` (480 s) stops and fails a check that runs longer.
 
 ``--dry-run`` checks on the CPU what can be checked there: the CUDA test subset only collects
 (its tests skip without a GPU), the runs use the synthetic dataset at 64x128, fp32 and a few
@@ -22,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -45,6 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
     parser.add_argument("--skip-tests", action="store_true", help="skip the CUDA test subset")
+    parser.add_argument("--budget", type=float, default=480.0, help="seconds for all stages together; "
+                        "a stage still running past it is stopped and the check fails")
     parser.add_argument("--dry-run", action="store_true", help="CPU, synthetic data, tiny sizes, gloo")
     parser.add_argument("--nccl-probe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -91,10 +95,19 @@ class Stage:
         self.seconds = 0.0
         self.code: int | None = None
 
-    def run(self) -> bool:
+    def run(self, timeout: float) -> bool:
+        """Run within ``timeout`` seconds; past it, the stage's whole process group (torchrun's
+        workers, data-loader workers) is killed and the stage fails with exit code 124."""
         print(f"== {self.name}: {' '.join(self.command)}", flush=True)
         start = time.perf_counter()
-        self.code = subprocess.call(self.command, cwd=ROOT, env=self.env)
+        child = subprocess.Popen(self.command, cwd=ROOT, env=self.env, start_new_session=True)
+        try:
+            self.code = child.wait(timeout=max(timeout, 1.0))
+        except subprocess.TimeoutExpired:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+            self.code = 124
+            print(f"== {self.name}: over the time budget, stopped", flush=True)
         self.seconds = time.perf_counter() - start
         print(f"== {self.name}: exit {self.code} after {self.seconds:.1f} s", flush=True)
         return self.code == 0
@@ -175,8 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     stages.append(Stage("torchrun distill", torchrun_command(
         transkd_command("distill", CONFIG, runs["torchrun"], distill)[1:]), env))
     failed = None
+    deadline = time.monotonic() + args.budget
     for stage in stages:
-        if not stage.run():
+        if not stage.run(deadline - time.monotonic()):
             failed = stage
             break
     print("\nstage                      seconds  exit")

@@ -62,3 +62,11 @@ def test_the_dry_run_passes_on_the_cpu(tmp_path):
     for figures in record["runs"].values():
         assert figures["seconds_per_step"] > 0 and 0 <= figures["val_miou"] <= 1
     assert "gloo all-reduce over 1 process(es): ok" in done.stdout
+
+
+def test_a_stage_past_the_budget_is_stopped_and_fails():
+    gpu_check = load_script()
+    sleeper = [sys.executable, "-c", "import time; time.sleep(30)"]
+    stage = gpu_check.Stage("sleeper", sleeper, dict(os.environ))
+    assert not stage.run(timeout=1.0)
+    assert stage.code == 124 and stage.seconds < 15
