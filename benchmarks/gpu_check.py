@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "camvid" / "transkd_base_b2-b0_cpu40e.yaml"
 TEACHER_CONFIG = ROOT / "configs" / "camvid" / "teacher_b2_cpu40e.yaml"
-TEST_DIRS = ("tests/models", "tests/distill", "tests/engine")
+TEST_DIRS = ("tests/models", "tests/distill", "tests/data", "tests/engine")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not CUDA, reason
 
 @pytest.fixture(params=DEVICES)
 def device(request) -> torch.device:
-    """The device a model, method or engine test runs on: the CPU always, CUDA when present.
+    """The device a model, method, data or engine test runs on: the CPU always, CUDA when present.
 
     ``pytest -k cuda`` selects the CUDA variants (``benchmarks/gpu_check.py`` runs them); on a
     machine without CUDA they are skipped, so the CPU run is unchanged."""
