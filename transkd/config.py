@@ -201,6 +201,9 @@ class TrainConfig:
     nonfinite: Literal["stop", "skip"] = "stop"
     device: str = "auto"
     channels_last: bool = False
+    #: Training images stay uint8 until the device and are normalised there (bit-identical);
+    #: null: on when training on CUDA, where it cuts the loader's bytes by four.
+    normalize_on_device: bool | None = None
     #: Multi-GPU only: synchronise BatchNorm statistics over ranks (SyncBatchNorm, CUDA).
     sync_bn: bool = False
     #: Keep every BatchNorm of the trainable part in inference mode (running statistics).

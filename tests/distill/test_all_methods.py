@@ -35,13 +35,16 @@ def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_step_terms_finite_and_gradients_reach_student_and_adapters_only(method):
+def test_step_terms_finite_and_gradients_reach_student_and_adapters_only(method, device, request):
     distiller, images, targets = build_case(method)
+    request.addfinalizer(distiller.cpu)  # the cached teacher is shared by every case of the process
+    distiller.to(device)
+    images, targets = images.to(device), targets.to(device)
     out = distiller(images, targets)
     assert {"ce", "loss", "logits"} <= set(out)
     terms = {k: v for k, v in out.items() if k not in ("loss", "logits")}
     for name, value in terms.items():
-        assert value.dim() == 0 and value.dtype == torch.float32, name
+        assert value.dim() == 0 and value.dtype == torch.float32 and value.device == images.device, name
         assert math.isfinite(value.item()), f"{method}: term {name} is {value.item()}"
     assert out["loss"].item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-6)
     assert out["logits"].shape == (images.shape[0], CLASSES, images.shape[2] // 4, images.shape[3] // 4)

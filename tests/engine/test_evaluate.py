@@ -182,12 +182,13 @@ def test_evaluate_void_as_extra_class():
     assert m["confusion"].sum() == 2 * 2 * (16 * 24 - 5)
 
 
-def test_evaluate_slide_tta_and_amp():
-    model = _OracleModel(3)
+def test_evaluate_slide_tta_and_amp(device):
+    model = _OracleModel(3).to(device)
     inference = InferenceOptions(mode="slide", crop=(32, 48), stride=(32, 48), flip=True)
     m = evaluate(model, _loader(3, 255, batches=1), num_classes=3, ignore_index=255, inference=inference,
-                 amp_dtype=torch.bfloat16)
+                 amp_dtype=torch.bfloat16, device=device)
     assert m["miou"] == pytest.approx(1.0)
+    assert m["confusion"].device.type == "cpu" and m["confusion"].sum() == 2 * (16 * 24 - 5)
 
 
 def test_evaluate_rejects_too_few_outputs():

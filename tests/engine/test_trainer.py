@@ -194,11 +194,30 @@ def test_non_finite_loss_stops_with_the_step_and_term(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
-def test_mixed_precision_runs_and_keeps_fp32_losses(tmp_path, precision):
-    result = run_module.run(tiny_config(tmp_path, f"train.precision={precision}", "train.epochs=1"))
+def test_mixed_precision_runs_and_keeps_fp32_losses(tmp_path, precision, device):
+    result = run_module.run(tiny_config(tmp_path, f"train.precision={precision}", "train.epochs=1",
+                                        f"train.device={device.type}", "train.channels_last=true"))
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     assert result.status == "completed"
     assert all(math.isfinite(r["loss"]) for r in records if r["kind"] == "train")
+    peak = json.loads((tmp_path / "run" / "summary.json").read_text())["compute"]["peak_gpu_memory_mb"]
+    assert (peak > 0) if device.type == "cuda" else peak is None
+
+
+def test_distillation_runs_on_the_device(tmp_path, device):
+    """A TransKD run trains, validates and saves on the device (pinned, non-blocking copies,
+    channels-last) and gives the first-step loss of the CPU in fp32, up to the TF32 rounding of
+    cuDNN's convolutions (on by default)."""
+    teacher = _save_teacher(tmp_path)
+    losses = []
+    for index, where in enumerate(("cpu", device.type)):
+        run_module.run(tiny_config(tmp_path, "distill.method=transkd_base", f"teacher.weights={teacher}",
+                                   "train.epochs=1", f"train.device={where}",
+                                   f"train.channels_last={'true' if where != 'cpu' else 'false'}",
+                                   name=f"run-{index}"))
+        records = read_metrics(tmp_path / f"run-{index}" / "metrics.jsonl")
+        losses.append(next(r["loss"] for r in records if r["kind"] == "train"))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-2)
 
 
 def test_resume_refuses_another_method(tmp_path):
@@ -284,3 +303,17 @@ def test_void_prediction_false_negative_run_keeps_a_void_column(tmp_path):
     k = per_image.shape[1]
     assert per_image.shape[2] == k + 1
     assert load_run(tmp_path / "run", "run").per_image_confusion().shape == (per_image.shape[0], k * (k + 1))
+
+
+@pytest.mark.parametrize("protocol", [[], ["protocol.name=standard", "protocol.crop_size=[32, 32]",
+                                           "protocol.scale=[64, 32]"]])
+def test_normalising_on_the_device_trains_the_same_weights(tmp_path, protocol):
+    """train.normalize_on_device only moves where the same arithmetic happens: the run's weights
+    are bit-identical to a run that normalises in the loader."""
+    states = []
+    for on in ("false", "true"):
+        run_module.run(tiny_config(tmp_path, *protocol, "train.epochs=1",
+                                   f"train.normalize_on_device={on}", name=f"run-{on}"))
+        states.append(state_of(model_file(tmp_path / f"run-{on}", last=True)))
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

@@ -16,7 +16,7 @@ from transkd.engine import run as run_module
 from transkd.engine.logging import read_metrics
 from transkd.engine.trainer import Trainer
 from transkd.models import create_model
-from transkd.weights.io import read_safetensors, save_model
+from transkd.weights.io import model_file, read_safetensors, save_model
 
 TINY = ["data.options={length: 8, size: [32, 64]}", "data.val_options={length: 2}",
         "protocol.image_size=[32, 64]", "train.batch_size=2", "train.num_workers=0",
@@ -132,3 +132,17 @@ def test_a_method_with_label_terms_says_which_it_skips(tmp_path, teacher):
         "computed on labelled images only, skipped on unlabelled ones: the task loss ce; ifvd's ifvd"]
     plan = next(r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("event") == "data")
     assert plan["labelled_only_terms"] == {"task": ["ce"], "ifvd": ["ifvd"]}
+
+
+def test_unlabelled_batches_normalised_on_the_device_train_the_same_weights(tmp_path, teacher):
+    """Labelled and unlabelled images both stay uint8 in the loader workers and are normalised
+    together after the copy: the weights equal those of a run that normalises in the workers."""
+    folder = image_folder(tmp_path / "photos")
+    states = []
+    for on in ("false", "true"):
+        cfg = config(tmp_path, teacher, f"data.unlabelled={folder}", "data.unlabelled_ratio=1",
+                     "train.epochs=1", "train.num_workers=1", f"train.normalize_on_device={on}",
+                     name=f"run-{on}")
+        assert run_module.execute(run_module.plan_run(cfg), progress=False).status == "completed"
+        states.append(read_safetensors(model_file(tmp_path / f"run-{on}", last=True))[0])
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])

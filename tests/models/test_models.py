@@ -213,3 +213,37 @@ def test_non_tensor_input():
     with pytest.raises(TypeError, match="must be a torch.Tensor, got list") as err:
         create_model("segformer_b0", num_classes=2)([[0.0]])
     one_sentence(err)
+
+
+@pytest.mark.parametrize("name", ["segformer_b0", "pvtv2_b0_fpn"])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_training_step_on_device(name, channels_last, device):
+    """Forward and backward on the device, in channels-last memory when asked, and under the
+    autocast a training run uses there (bf16); logits and gradients stay finite and on the device."""
+    torch.manual_seed(0)
+    net = create_model(name, num_classes=NUM_CLASSES).to(device).train()
+    x = torch.randn(2, 3, *ODD, device=device)
+    if channels_last:
+        net = net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        logits = net(x)
+    assert logits.device == x.device
+    assert logits.shape == (2, NUM_CLASSES, math.ceil(ODD[0] / 4), math.ceil(ODD[1] / 4))
+    logits.float().square().mean().backward()
+    assert all(p.grad is not None and p.grad.device == x.device and torch.isfinite(p.grad).all()
+               for p in net.parameters())
+
+
+def test_device_matches_cpu_in_fp32(device, monkeypatch):
+    """The same weights and input give the same logits on the device as on the CPU (fp32, up to
+    kernel rounding), so a CUDA run trains the network the CPU tests check. cuDNN's TF32
+    convolutions (on by default) round to 10 mantissa bits, so they are off here."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(0)
+    net = create_model("segformer_b0", num_classes=NUM_CLASSES).eval()
+    x = torch.randn(1, 3, *SMALL)
+    with torch.no_grad():
+        want = net(x)
+        got = net.to(device)(x.to(device)).cpu()
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)

@@ -112,8 +112,10 @@ def _pair(value: int | Sequence[int]) -> tuple[int, int]:
 class Compose:
     """Apply transforms in order, threading the same generator through all of them."""
 
-    def __init__(self, transforms: Sequence[Transform]) -> None:
+    def __init__(self, transforms: Sequence[Transform], deferred: Normalize | None = None) -> None:
         self.transforms = list(transforms)
+        #: The normalisation this pipeline leaves to the device (its images stay uint8), or None.
+        self.deferred = deferred
 
     def __call__(self, image, label, rng: np.random.Generator):
         for transform in self.transforms:
@@ -425,8 +427,40 @@ class Normalize:
         out += self._bias
         return out, label
 
+    def batch(self, images: torch.Tensor) -> torch.Tensor:
+        """A uint8 (N, 3, H, W) batch — or (N, 4, H, W) with :class:`MarkValid`'s channel —
+        normalised where it lies (on the GPU after a uint8 copy, a quarter of float32's bytes).
+
+        Bit-identical to :meth:`__call__`: the same float32 gain and bias, one rounded multiply
+        and one rounded add (two kernels, so no fused multiply-add); padded pixels become 0."""
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] not in (3, 4):
+            raise ValueError(f"Normalize.batch takes a uint8 (N, 3|4, H, W) batch, got "
+                             f"{images.dtype} {tuple(images.shape)}")
+        gain = torch.from_numpy(self._gain).to(images.device).view(1, 3, 1, 1)
+        bias = torch.from_numpy(self._bias).to(images.device).view(1, 3, 1, 1)
+        out = torch.mul(images[:, :3], gain)
+        out.add_(bias)
+        if images.shape[1] == 4:
+            out.masked_fill_(images[:, 3:] == 0, 0.0)  # padding: +0.0, as the pipeline pads
+        return out
+
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+class MarkValid:
+    """Append a uint8 channel of ones to an (H, W, 3) uint8 image.
+
+    Where normalisation is left to the device and the image is padded afterwards (padding that
+    must read 0 after normalisation), padding fills this channel with 0 too, so
+    :meth:`Normalize.batch` can zero exactly the padded pixels."""
+
+    def __call__(self, image, label, rng=None):
+        ones = np.ones((*image.shape[:2], 1), dtype=np.uint8)
+        return np.concatenate([image, ones], axis=2), label
+
+    def __repr__(self) -> str:
+        return "MarkValid()"
 
 
 class VoidToClass:
@@ -446,13 +480,20 @@ class VoidToClass:
 
 
 class ToTensor:
-    """(H, W, 3) image → float32 tensor (3, H, W); (h, w) label → int64 tensor (h, w)."""
+    """(H, W, C) image → float32 tensor (C, H, W), or uint8 with ``keep_uint8`` (normalisation
+    left to the device); (h, w) label → int64 tensor (h, w)."""
+
+    def __init__(self, keep_uint8: bool = False) -> None:
+        self.keep_uint8 = keep_uint8
 
     def __call__(self, image, label, rng=None):
-        chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
+        dtype = np.uint8 if self.keep_uint8 else np.float32
+        if self.keep_uint8 and image.dtype != np.uint8:
+            raise ValueError(f"ToTensor(keep_uint8=True) takes a uint8 image, got {image.dtype}")
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=dtype)
         if not chw.flags.writeable:
             chw = chw.copy()
         return torch.from_numpy(chw), torch.from_numpy(label.astype(np.int64))
 
     def __repr__(self) -> str:
-        return "ToTensor()"
+        return "ToTensor(keep_uint8=True)" if self.keep_uint8 else "ToTensor()"

@@ -83,15 +83,24 @@ def open_datasets(config: Config, train: bool = True, val_split: str | None = No
                       unlabelled, held_out)
 
 
-def transformed(bundle: DataBundle, config: Config
+def normalizes_on_device(config: Config, device: torch.device) -> bool:
+    """Whether training images stay uint8 until ``device`` (``train.normalize_on_device``)."""
+    chosen = config.train.normalize_on_device
+    return device.type == "cuda" if chosen is None else chosen
+
+
+def transformed(bundle: DataBundle, config: Config, normalize_on_device: bool = False
                 ) -> tuple[TransformedDataset | None, TransformedDataset | None]:
-    """The labelled splits with the protocol's train/eval pipelines applied (None where absent)."""
+    """The labelled splits with the protocol's train/eval pipelines applied (None where absent);
+    ``normalize_on_device``: the training pipeline leaves normalisation to the trainer."""
     opts = config.protocol
     seed = config.train.seed
     train = None
     if bundle.train is not None:
         train = TransformedDataset(bundle.train, build_transform(opts, train=True,
-                                                                 num_classes=bundle.num_classes), seed,
+                                                                 num_classes=bundle.num_classes,
+                                                                 normalize_on_device=normalize_on_device),
+                                   seed,
                                    skip_bad=config.data.skip_bad_samples)
     val = None
     if bundle.val is not None:

@@ -35,8 +35,11 @@ CALIBRATION_STEPS = 3
 def first_batch(dataset, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first ``size`` transformed training samples as (images, labels)."""
     samples = [dataset[i] for i in range(min(size, len(dataset)))]
-    return (torch.stack([s["image"] for s in samples]),
-            torch.stack([torch.as_tensor(s["label"]) for s in samples]).long())
+    images = torch.stack([s["image"] for s in samples])
+    deferred = getattr(dataset.transform, "deferred", None)
+    if deferred is not None:  # a uint8 pipeline: normalised as the trainer does on the device
+        images = deferred.batch(images)
+    return images, torch.stack([torch.as_tensor(s["label"]) for s in samples]).long()
 
 
 def measure_training_macs(distiller, dataset, device: torch.device) -> dict[str, Any]:

@@ -286,13 +286,14 @@ def _execute(plan: RunPlan, announce: Callable[[str], None] | None, progress: bo
     distiller = build.build_distiller(config, student, plan.teacher, criterion)
     if env.enabled:  # different dropout/drop-path draws per rank, same initial weights
         seed_everything(config.train.seed + env.rank)
-    train_set, val_set = build.transformed(plan.bundle, config)
+    on_device = build.normalizes_on_device(config, plan.device)
+    train_set, val_set = build.transformed(plan.bundle, config, normalize_on_device=on_device)
     unlabelled = plan.bundle.unlabelled
     unlabelled_set, counts = None, {}
     if unlabelled is not None:
         frame = training_frame(config, plan.bundle.train, unlabelled.images)
         unlabelled_set = transformed_unlabelled(config, unlabelled.images, plan.bundle.num_classes,
-                                                frame)
+                                                frame, normalize_on_device=on_device)
         counts = {"labelled_images": len(plan.bundle.train) if plan.bundle.train is not None else 0,
                   "unlabelled_images": len(unlabelled.images),
                   "unreadable_skipped": len(unlabelled.skipped)}

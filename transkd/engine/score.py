@@ -107,7 +107,8 @@ def evaluate_checkpoint(target: str | os.PathLike, config_file: str | os.PathLik
     device = torch.device("cpu") if is_onnx_file(weights) else build.resolve_device(config.train.device)
     _, val_set = build.transformed(bundle, config)
     loader = torch.utils.data.DataLoader(val_set, batch_size=config.eval.batch_size,
-                                         num_workers=config.train.num_workers)
+                                         num_workers=config.train.num_workers,
+                                         pin_memory=device.type == "cuda")  # non-blocking copies
     inference = InferenceOptions(mode=config.eval.mode, crop=config.eval.crop,
                                  stride=config.eval.stride, scales=config.eval.scales,
                                  flip=config.eval.flip)

@@ -603,6 +603,8 @@ class Trainer:
             labels = labels.to(device, non_blocking=True)
             if labelled is not None:
                 labelled = labelled.to(device, non_blocking=True)
+            if images.dtype == torch.uint8:  # train.normalize_on_device: after the small copy
+                images = self.primary_set.transform.deferred.batch(images)
             if self.config.train.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
             sync = micro == accum - 1
@@ -840,7 +842,15 @@ class Trainer:
                 "wall_seconds": round(result.train_seconds, 3),
                 "step_seconds": round(self.step_seconds, 3),
                 "seconds_per_step": self.step_seconds / steps if steps else None,
-                "train_macs": per_step * result.steps if per_step else None}
+                "train_macs": per_step * result.steps if per_step else None,
+                "peak_gpu_memory_mb": self._peak_gpu_memory_mb()}
+
+    def _peak_gpu_memory_mb(self) -> float | None:
+        """This process's peak allocated GPU memory (MiB); None off CUDA. It is what a GPU check
+        compares between precisions, so it counts tensors, not the allocator's reserve."""
+        if self.device.type != "cuda":
+            return None
+        return round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
 
     def _write_summary(self, result: RunResult) -> None:
         summary = {

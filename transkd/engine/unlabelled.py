@@ -92,10 +92,12 @@ def training_frame(config: Config, labelled: SegmentationDataset | None,
 
 
 def transformed_unlabelled(config: Config, images: ImageSources, num_classes: int,
-                           frame: tuple[int, int] | None, train: bool = True
-                           ) -> UnlabelledTransformedDataset:
-    """Unlabelled images through the protocol's training (or evaluation) pipeline."""
-    transform = build_transform(config.protocol, train=train, num_classes=num_classes)
+                           frame: tuple[int, int] | None, train: bool = True,
+                           normalize_on_device: bool = False) -> UnlabelledTransformedDataset:
+    """Unlabelled images through the protocol's training (or evaluation) pipeline;
+    ``normalize_on_device``: images stay uint8 for the trainer to normalise."""
+    transform = build_transform(config.protocol, train=train, num_classes=num_classes,
+                                normalize_on_device=normalize_on_device)
     return UnlabelledTransformedDataset(images, transform, config.train.seed,
                                         config.protocol.ignore_index, frame)
 

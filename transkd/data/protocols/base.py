@@ -10,7 +10,7 @@ import abc
 from typing import Any, ClassVar
 
 from ...errors import ConfigError
-from ..transforms import Compose, Normalize, ToTensor, VoidToClass
+from ..transforms import Compose, MarkValid, Normalize, PadTo, ToTensor, VoidToClass
 from .options import ProtocolOptions
 
 _PROTOCOLS: dict[str, type[Protocol]] = {}
@@ -92,18 +92,26 @@ class Protocol(abc.ABC):
     def normalize(self) -> Normalize:
         return Normalize(*self.options.input_normalization())
 
-    def transform(self, train: bool, num_classes: int | None = None) -> Compose:
+    def transform(self, train: bool, num_classes: int | None = None,
+                  normalize_on_device: bool = False) -> Compose:
         """The pipeline ``(image uint8 HxWx3, label uint8 HxW, rng) -> (float32 (3,H,W), int64 (h,w))``;
-        with ``void_as_extra_class`` void becomes class ``num_classes``."""
+        with ``void_as_extra_class`` void becomes class ``num_classes``.
+
+        ``normalize_on_device``: images stay uint8 (3 or 4, H, W) and the pipeline's ``deferred``
+        :class:`Normalize` turns a batch of them into exactly the float32 batch it would have
+        made (:meth:`Normalize.batch`), so a loader worker moves a quarter of the bytes."""
         steps = self.train_steps() if train else self.eval_steps()
+        deferred = None
+        if normalize_on_device:
+            steps, deferred = _defer_normalisation(steps)
         if self.options.void_as_extra_class:
             if isinstance(num_classes, bool) or not isinstance(num_classes, int) \
                     or not 0 < num_classes < 255:
                 raise ConfigError("protocol option 'void_as_extra_class' needs build_transform(..., "
                                   f"num_classes=K) with 0 < K < 255, got num_classes={num_classes!r}")
             steps.append(VoidToClass(self.options.ignore_index, num_classes))
-        steps.append(ToTensor())
-        return Compose(steps)
+        steps.append(ToTensor(keep_uint8=deferred is not None))
+        return Compose(steps, deferred=deferred)
 
     def words(self) -> dict[str, str]:
         """The protocol's name, evaluation input and metric resolution, for logs and reports."""
@@ -111,10 +119,24 @@ class Protocol(abc.ABC):
                 "metric_resolution": self.metric_resolution_words()}
 
 
-def build_transform(opts: ProtocolOptions, train: bool, num_classes: int | None = None) -> Compose:
+def _defer_normalisation(steps: list) -> tuple[list, Normalize]:
+    """The steps without their :class:`Normalize`, and that Normalize. Padding after it (which
+    fills with 0 = the normalised mean colour) gets :class:`MarkValid`'s channel first, so
+    :meth:`Normalize.batch` can restore the 0; any other float step after it cannot be deferred."""
+    at = [i for i, step in enumerate(steps) if isinstance(step, Normalize)]
+    if len(at) != 1:
+        raise ValueError(f"a pipeline to normalise on the device needs exactly one Normalize, got {len(at)}")
+    normalize, after = steps[at[0]], steps[at[0] + 1:]
+    if not all(isinstance(step, PadTo) for step in after):
+        raise ValueError(f"steps after Normalize cannot run on uint8 images: {after}")
+    return [*steps[:at[0]], *([MarkValid()] if after else []), *after], normalize
+
+
+def build_transform(opts: ProtocolOptions, train: bool, num_classes: int | None = None,
+                    normalize_on_device: bool = False) -> Compose:
     """The checked protocol's train or evaluation pipeline (see :meth:`Protocol.transform`).
 
     ``num_classes`` is needed only with ``void_as_extra_class``. Evaluation pipelines draw nothing
     from the generator, so they are deterministic.
     """
-    return opts.validate().protocol().transform(train, num_classes)
+    return opts.validate().protocol().transform(train, num_classes, normalize_on_device)
