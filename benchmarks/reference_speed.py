@@ -279,24 +279,11 @@ def _no_randomness(module: nn.Module) -> None:
 
 
 def _copy_adapters(reference_kd: nn.Module, method: nn.Module) -> None:
-    """Reference SKF adapters → our CSF/PEA. Its ``skfs`` run deepest first; ``fc1`` (the
-    single-sample branch) has no counterpart and is unused at batch 2."""
-    src = reference_kd.state_dict()
-    n = len(reference_kd.skfs)
-    mapped = {}
-    for k in range(n):
-        unit, mine = f"skfs.{k}.", f"csf.units.{n - 1 - k}."
-        for theirs, ours in (("conv1.", "reduce."), ("conv2.", "expand."), ("fc.", "squeeze.")):
-            for key, value in src.items():
-                if key.startswith(unit + theirs):
-                    mapped[mine + ours + key[len(unit + theirs):]] = value
-        if unit + "fcs.0.weight" in src:
-            for p in ("weight", "bias"):
-                mapped[f"{mine}select.{p}"] = torch.cat([src[f"{unit}fcs.0.{p}"], src[f"{unit}fcs.1.{p}"]])
-    for s in range(1, n + 1):
-        for p in ("weight", "bias"):
-            mapped[f"pea.proj.stage{s}.{p}"] = src[f"embed{s}_linearproject.{p}"]
-    method.load_state_dict(mapped, strict=True)
+    """Reference SKF adapters → our CSF/PEA (the mapping of ``reference_modules.csf_pea_state``;
+    ``fc1``, the single-sample branch, has no counterpart and is unused at batch 2)."""
+    from reference_modules import csf_pea_state  # this folder is sys.path[0] when run as a script
+
+    method.load_state_dict(csf_pea_state(reference_kd), strict=True)
 
 
 def worker_sanity(spec: dict) -> dict:
