@@ -241,3 +241,17 @@ def test_calibration_images_that_cannot_calibrate_are_one_sentence(images, messa
         checked_calibration(images, 32, 64)
     assert "\n" not in str(error.value)
     assert len(checked_calibration([np.zeros((3, 40, 60))], 32, 64)) == 1
+
+
+def test_eval_data_on_a_run_folder_scores_the_graph_with_the_runs_config(student, tmp_path, capsys):
+    """The graph's own metadata names no data location or sizes: it is scored with the run's config."""
+    run = tmp_path / "run"
+    (run / "last").mkdir(parents=True)
+    (run / "config.yaml").write_text(load_config(None, OVERRIDES).to_yaml(), encoding="utf-8")
+    (run / "last" / "model.safetensors").write_bytes(Path(student).read_bytes())
+    out = tmp_path / "fp32.onnx"
+    code = main(["export", str(run), "--last", "-o", str(out), "--exporter", "torchscript", "--no-progress",
+                 "--input-size", "32", "64", "--eval-data", "--max-drop", "0.1"])
+    printed = capsys.readouterr().out
+    assert code == 0 and "mIoU on val (3 images, same pipeline)" in printed
+    assert "drop 0.00 points (--max-drop 0.1)" in printed
