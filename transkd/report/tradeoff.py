@@ -31,6 +31,7 @@ import torch
 
 from ..deploy import Student
 from ..deploy.bench import (
+    compile_for_inference,
     cpu_description,
     load_average,
     onnxruntime_version,
@@ -40,6 +41,7 @@ from ..deploy.bench import (
 )
 from ..deploy.export import export_input_size, export_student
 from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, QuantizeOptions
+from ..engine.host_memory import host_allocator
 from ..engine.score import evaluate_checkpoint, evaluation_images
 from ..errors import ConfigError
 from ..jsonsafe import json_safe
@@ -53,7 +55,7 @@ PEAK = "torch.mm"
 VARIANTS = ("eager", "compile", "ort-fp32", "ort-fp16", "ort-int8-dynamic", "ort-int8-static")
 _DESCRIPTIONS = {
     "eager": "PyTorch eager fp32, inference_mode",
-    "compile": "torch.compile (inductor) fp32, inference_mode",
+    "compile": "torch.compile (inductor, weights frozen) fp32, inference_mode",
     "ort-fp32": "onnxruntime CPU, fp32 graph",
     "ort-fp16": "onnxruntime CPU, fp16 graph (float32 input/output)",
     "ort-int8-dynamic": "onnxruntime CPU, int8 weights, activations quantised per call",
@@ -118,7 +120,7 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
                 say(f"{variant}: preparing")
                 network, file = _prepare(variant, student, weights, folder, size, (exporter, attention),
                                          lowering, overrides, calibration_images, config_file, split,
-                                         last, used, row)
+                                         last, used, row, images)
                 run = _runner(network, images)
                 run()
                 runs[variant] = run
@@ -170,17 +172,17 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
         "rows": [rows[v] for v in variants],
         "machine": {"cpu": cpu_description(), "load_average_before": load_before,
                     "load_average_after": load_after, "torch": torch.__version__,
-                    "onnxruntime": onnxruntime_version()},
+                    "onnxruntime": onnxruntime_version(), "host_allocator": host_allocator()},
     })
 
 
 def _prepare(variant, student, weights, folder, size, graph, lowering, overrides, calibration_images,
-             config_file, split, last, threads, row):
+             config_file, split, last, threads, row, sample):
     """The network to time for ``variant`` and the file whose size it has on disk."""
     if variant == "eager":
         return student.model, Path(weights)
     if variant == "compile":
-        return torch.compile(student.model), Path(weights)
+        return compile_for_inference(student.model, sample), Path(weights)
     options = lowering[variant]
     path = folder / f"{student.name}_{variant.removeprefix('ort-')}.onnx"
     calibration = None
@@ -230,7 +232,7 @@ def setting_line(result: dict[str, Any]) -> str:
             f"{shape} input ({result['input_size_reason']}), {result['threads']} thread(s), median of "
             f"{result['repeats']} interleaved rounds after {result['warmup']} warm-up · CPU {cpu['model']} "
             f"({cpu['cpus']} CPUs; {isa}) · load average {_load(load)} before, {_load(after)} after · "
-            f"{scored}")
+            f"host memory: {result['machine'].get('host_allocator', 'not recorded')} · {scored}")
 
 
 def _load(load: list[float] | None) -> str:
