@@ -52,8 +52,10 @@ LR = 6e-5
 
 DISTILL_IMPLS = {
     "ref": "reference, as shipped",
+    "ref_reuse": "reference, freed memory kept",
     "ref_nograd": "reference, teacher in no_grad",
     "ours": "transkd",
+    "ours_system": "transkd, system allocator",
     "ours_cl": "transkd, channels_last",
     "ours_bf16": "transkd, bf16 autocast",
 }
@@ -61,8 +63,14 @@ INFER_IMPLS = {
     "ref_student": "reference SegFormer-B0",
     "ref_transkd_eval": "reference TransKD eval path",
     "ours": "transkd segformer_b0",
+    "ours_system": "transkd, system allocator",
     "ours_cl": "transkd, channels_last",
 }
+#: Variants whose process keeps freed host memory for reuse, as the transkd command does
+#: (transkd.engine.host_memory); the others run with the C library's defaults.
+REUSE_IMPLS = {"ref_reuse", "ours", "ours_cl", "ours_bf16"}
+#: What a 4x speed-up is measured against, and the factor (the target the step is held to).
+TARGET_SPEEDUP = 4.0
 
 
 # ------------------------------------------------------------------------------ measurement
@@ -198,8 +206,10 @@ def build_ours_distill():
 
 
 def ours_optimizer(distiller):
-    return torch.optim.AdamW(distiller.parameters(), lr=LR, betas=(0.9, 0.999), eps=1e-8,
-                             weight_decay=0.01)
+    from transkd.engine.optim import adamw  # the trainer's optimiser (fused where supported)
+
+    return adamw([{"params": list(distiller.parameters())}], lr=LR, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.01)
 
 
 def ours_step(distiller, optimizer, images, targets, autocast_bf16: bool = False):
@@ -230,7 +240,7 @@ def worker_distill(spec: dict) -> dict:
 
         def run():
             return reference_step(model, teacher, criterion, hcl, optimizer, images, targets,
-                                  teacher_grad=impl == "ref")
+                                  teacher_grad=impl in ("ref", "ref_reuse"))
     else:
         distiller = build_ours_distill()
         if impl == "ours_cl":
@@ -240,7 +250,75 @@ def worker_distill(spec: dict) -> dict:
 
         def run():
             return ours_step(distiller, optimizer, images, labels, autocast_bf16=impl == "ours_bf16")
-    return measure(run, spec["warmup"], spec["repeats"])
+    result = measure(run, spec["warmup"], spec["repeats"])
+    result["flops"] = step_flops(run)
+    if impl in ("ours", "ours_system"):
+        result["phases"] = ours_phases(distiller, optimizer, images, labels, spec["repeats"])
+    return result
+
+
+def step_flops(run: Callable[[], dict | None]) -> int:
+    """FLOPs of one step, forward and backward (torch's flop counter, attention included)."""
+    from transkd.profile import flop_counter_mode
+
+    mode = flop_counter_mode()
+    with mode:
+        run()
+    return int(mode.get_total_flops())
+
+
+def ours_phases(distiller, optimizer, images, labels, repeats: int) -> dict:
+    """Where one transkd step goes: the teacher's forward (run alone), the rest of the forward
+    (student, adapters, losses), the backward and the optimiser step; median ms and FLOPs each."""
+    from transkd.profile import flop_counter_mode
+
+    def timed(fn):
+        start = time.perf_counter()
+        out = fn()
+        return out, time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {"teacher_forward": [], "forward": [], "backward": [], "optimizer": []}
+    for _ in range(repeats):
+        _, seconds = timed(lambda: distiller.teacher_forward(images))
+        samples["teacher_forward"].append(seconds)
+        terms, seconds = timed(lambda: distiller(images, labels))
+        samples["forward"].append(seconds)
+        optimizer.zero_grad(set_to_none=True)
+        _, seconds = timed(terms["loss"].backward)
+        samples["backward"].append(seconds)
+        _, seconds = timed(optimizer.step)
+        samples["optimizer"].append(seconds)
+    flops = {}
+    for name, fn in (("teacher_forward", lambda: distiller.teacher_forward(images)),
+                     ("forward", lambda: distiller(images, labels))):
+        mode = flop_counter_mode()
+        with mode:
+            out = fn()
+        flops[name] = int(mode.get_total_flops())
+    mode = flop_counter_mode()
+    optimizer.zero_grad(set_to_none=True)
+    with mode:
+        out["loss"].backward()
+    flops["backward"] = int(mode.get_total_flops())
+    flops["optimizer"] = 0
+    median = {k: statistics.median(v) for k, v in samples.items()}
+    # The full forward runs the teacher inside it: its own share is the rest.
+    median["student_forward"] = median["forward"] - median["teacher_forward"]
+    flops["student_forward"] = flops["forward"] - flops["teacher_forward"]
+    return {name: {"s": median[name], "flops": flops[name]}
+            for name in ("teacher_forward", "student_forward", "backward", "optimizer")}
+
+
+def worker_peak(spec: dict) -> dict:
+    """torch.mm fp32 peak at this thread count (transkd bench's own ceiling)."""
+    from transkd.deploy.bench import matmul_peak
+
+    peak = matmul_peak(2048, warmup=1, repeats=5)
+    seconds = peak["latency"]["median_ms"] / 1e3
+    return {"times_s": [seconds], "cpu_times_s": [seconds], "gflops_per_s": peak["gflops_per_s"],
+            "what": peak["what"], "baseline_rss_mb": 0.0, "peak_rss_mb": 0.0, "peak_delta_mb": 0.0,
+            "peak_before_mb": 0.0, "load_before": os.getloadavg()[0], "load_after": os.getloadavg()[0],
+            "info": None}
 
 
 def worker_infer(spec: dict) -> dict:
@@ -313,14 +391,18 @@ def worker_sanity(spec: dict) -> dict:
     return {"steps": steps, "max_relative_difference": worst, "size": [height, width]}
 
 
-WORKERS = {"distill": worker_distill, "infer": worker_infer, "sanity": worker_sanity}
+WORKERS = {"distill": worker_distill, "infer": worker_infer, "sanity": worker_sanity, "peak": worker_peak}
 
 
 def run_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
+    from transkd.engine.host_memory import host_allocator, reuse_freed_memory
+
+    if spec.get("impl") in REUSE_IMPLS:
+        reuse_freed_memory()
     result = WORKERS[spec["kind"]](spec)
     result.update(kind=spec["kind"], impl=spec.get("impl"), size=spec["size"],
-                  threads=torch.get_num_threads())
+                  threads=torch.get_num_threads(), host_allocator=host_allocator())
     return result
 
 
@@ -353,6 +435,10 @@ def merge_rounds(runs: list[dict]) -> dict:
         "peak_before_mb": [r["peak_before_mb"] for r in runs],
         "load": [[r["load_before"], r["load_after"]] for r in runs],
         "info": first["info"],
+        "host_allocator": first.get("host_allocator"),
+        **{key: first[key] for key in ("flops", "phases", "what") if key in first},
+        **({"gflops_per_s": statistics.median(r["gflops_per_s"] for r in runs)}
+           if "gflops_per_s" in first else {}),
     }
 
 
@@ -415,10 +501,13 @@ def fmt_size(size) -> str:
 
 RATIOS = (  # (label, kind, their variant, our variant)
     ("distill: transkd vs reference as shipped", "distill", "ref", "ours"),
+    ("distill: both keeping freed memory", "distill", "ref_reuse", "ours"),
+    ("distill: both with the system allocator", "distill", "ref", "ours_system"),
     ("distill: transkd vs reference, teacher no_grad", "distill", "ref_nograd", "ours"),
     ("distill: transkd channels_last vs reference", "distill", "ref", "ours_cl"),
     ("distill: transkd bf16 autocast vs reference", "distill", "ref", "ours_bf16"),
     ("infer: transkd vs reference student", "infer", "ref_student", "ours"),
+    ("infer: transkd, system allocator, vs reference student", "infer", "ref_student", "ours_system"),
     ("infer: transkd vs reference TransKD eval path", "infer", "ref_transkd_eval", "ours"),
     ("infer: transkd channels_last vs reference student", "infer", "ref_student", "ours_cl"),
 )
@@ -460,12 +549,16 @@ def print_table(report: dict) -> None:
     print(f"\nStudent inference (1x3x{fmt_size(cfg['infer_size'])}, eval + inference_mode; "
           f"{cfg['rounds']} rounds x {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
     _print_rows([r for r in report["results"] if r["kind"] == "infer"], INFER_IMPLS, 3)
+    print("\nHost memory: transkd variants keep freed memory for reuse, as the transkd command does "
+          "(transkd.engine.host_memory), except the 'system allocator' ones; reference variants run "
+          "with the C library's defaults, except 'freed memory kept'.")
     print("\nRatios (speed-up = their time / our time: medians of wall and CPU time, and fastest runs;"
           " memory = our peak+ / their peak+)")
     for label, table in report["ratios"].items():
         for size, v in table.items():
             print(f"  {label:<50}{size:>9}: speed-up {v['speedup']:5.2f}x (CPU {v['cpu_speedup']:5.2f}x, "
                   f"fastest {v['best_speedup']:5.2f}x), memory {v['memory_ratio']:5.2f}x")
+    print_efficiency(report)
     sanity = report.get("sanity")
     if sanity:
         print(f"\nLoss sanity at {fmt_size(sanity['size'])}, batch {cfg['batch']} (reference weights copied "
@@ -474,6 +567,59 @@ def print_table(report: dict) -> None:
             terms = ", ".join(f"{k} {step['reference'][k]:.5g}/{step['ours'][k]:.5g}"
                               for k in step["reference"])
             print(f"  step {i} (reference/ours): {terms}")
+
+
+def efficiency(report: dict) -> dict:
+    """Achieved GFLOP/s of every distillation variant against the torch.mm peak of the same run,
+    what the target speed-up over the reference as shipped would need, and transkd's phases."""
+    peak_rows = [r for r in report["results"] if r["kind"] == "peak"]
+    if not peak_rows:
+        return {}
+    peak = peak_rows[0]["gflops_per_s"]
+    out: dict = {"peak_gflops_per_s": peak, "peak_what": peak_rows[0]["what"], "rows": [], "target": {},
+                 "phases": {}}
+    for r in report["results"]:
+        if r["kind"] != "distill" or not r.get("flops"):
+            continue
+        achieved = r["flops"] / r["median_s"] / 1e9
+        out["rows"].append({"impl": r["impl"], "size": r["size"], "gflop": r["flops"] / 1e9,
+                            "gflops_per_s": achieved, "of_peak": achieved / peak})
+        if r["impl"] == "ours":
+            out["phases"][fmt_size(r["size"])] = {
+                name: {**v, "gflops_per_s": v["flops"] / v["s"] / 1e9 if v["s"] > 0 else 0.0,
+                       "of_peak": v["flops"] / v["s"] / 1e9 / peak if v["s"] > 0 else 0.0}
+                for name, v in r["phases"].items()}
+    by = {(r["impl"], tuple(r["size"])): r for r in report["results"] if r["kind"] == "distill"}
+    for (impl, size), theirs in by.items():
+        mine = by.get(("ours", size))
+        if impl != "ref" or mine is None or not mine.get("flops"):
+            continue
+        seconds = theirs["median_s"] / TARGET_SPEEDUP
+        needed = mine["flops"] / seconds / 1e9
+        out["target"][fmt_size(size)] = {"speedup": TARGET_SPEEDUP, "step_s": seconds,
+                                         "gflops_per_s": needed, "of_peak": needed / peak}
+    return out
+
+
+def print_efficiency(report: dict) -> None:
+    eff = report.get("efficiency")
+    if not eff:
+        return
+    print(f"\nWork and the machine's ceiling: FLOPs of one step, forward and backward (torch.utils."
+          f"flop_counter, 2 per multiply-accumulate, attention included, the flash kernel's backward "
+          f"counting its recomputation), over the median time; {eff['peak_what']}: "
+          f"{eff['peak_gflops_per_s']:.1f} GFLOP/s (median of the rounds, same threads)")
+    for row in eff["rows"]:
+        print(f"  {fmt_size(row['size']):>9}  {DISTILL_IMPLS[row['impl']]:<31}{row['gflop']:8.1f} GFLOP/step"
+              f"{row['gflops_per_s']:8.1f} GFLOP/s {100 * row['of_peak']:5.1f}% of peak")
+    for size, t in eff["target"].items():
+        print(f"  {t['speedup']:.0f}x the reference as shipped at {size}: a transkd step of "
+              f"{t['step_s']:.3f} s = {t['gflops_per_s']:.1f} GFLOP/s = {100 * t['of_peak']:.0f}% of peak")
+    for size, phases in eff["phases"].items():
+        print(f"  where transkd's step goes at {size} (phases timed apart, medians):")
+        for name, v in phases.items():
+            print(f"    {name.replace('_', ' '):<18}{1000 * v['s']:8.0f} ms{v['flops'] / 1e9:8.1f} GFLOP"
+                  f"{v['gflops_per_s']:8.1f} GFLOP/s {100 * v['of_peak']:5.1f}% of peak")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -493,6 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     for impl in args.infer_impls:
         specs.append(dict(common, kind="infer", impl=impl, size=args.infer_size,
                           warmup=args.infer_warmup, repeats=args.infer_repeats))
+    specs.append(dict(common, kind="peak", impl="mm", size=(2048, 2048)))
     sanity = None
     if not args.skip_sanity:
         print(f"running sanity {fmt_size(args.sanity_size)} ...", file=sys.stderr, flush=True)
@@ -515,6 +662,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": ratios(results),
         "sanity": sanity,
     }
+    report["efficiency"] = efficiency(report)
     print_table(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))

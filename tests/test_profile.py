@@ -17,6 +17,7 @@ from transkd.profile import (
     count_macs_conv_linear,
     count_params,
     eval_mode,
+    flop_counter_mode,
     layer_macs,
     profile_distiller,
     profile_model,
@@ -92,6 +93,31 @@ def test_flop_counter_counts_cpu_attention_like_explicit_matmuls() -> None:
     explicit = count_flops_total(lambda: ((q @ k.transpose(-2, -1)).softmax(-1)) @ v, ())
     assert fused == explicit == 2 * 2 * (2 * 64 * 16 * 32)
     assert count_flops_total(nn.Linear(6, 4), torch.randn(2, 7, 6)) == 2 * 2 * 7 * 4 * 6
+
+
+@pytest.mark.parametrize("groups", [1, 4, 16])
+def test_flop_counter_backward_of_grouped_convolution_costs_its_forward_per_gradient(groups) -> None:
+    conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups)
+    forward = 2 * (2 * 16 * 8 * 8) * (16 // groups) * 9  # output elements × MACs each
+    for needs_input_grad, gradients in ((True, 2), (False, 1)):  # weight always; input if asked
+        x = torch.randn(2, 16, 8, 8, requires_grad=needs_input_grad)
+        mode = flop_counter_mode()
+        with mode:
+            conv(x).sum().backward()
+        counts = {str(op): n for op, n in mode.get_flop_counts()["Global"].items()}
+        assert counts["aten.convolution"] == forward
+        assert counts["aten.convolution_backward"] == gradients * forward
+
+
+def test_flop_counter_counts_cpu_attention_backward() -> None:
+    q, k, v = (torch.randn(1, 2, 64, 32, requires_grad=True), torch.randn(1, 2, 16, 32, requires_grad=True),
+               torch.randn(1, 2, 16, 32, requires_grad=True))
+    mode = flop_counter_mode()
+    with mode:
+        F.scaled_dot_product_attention(q, k, v).sum().backward()
+    forward = 2 * 2 * (2 * 64 * 16 * 32)
+    # torch's convention for a flash backward: five matrix products (q·kᵀ recomputed) = 2.5×.
+    assert mode.get_total_flops() == forward + 5 * forward // 2
 
 
 def test_count_params_counts_shared_tensors_once() -> None:

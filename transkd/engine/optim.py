@@ -133,3 +133,16 @@ def check_resumable(saved_groups: Sequence[dict], groups: Sequence[dict], path: 
 
 def _describe(names: Sequence[str], sizes: Sequence[int]) -> str:
     return "[" + ", ".join(f"{n} ({s} tensors)" for n, s in zip(names, sizes, strict=True)) + "]"
+
+
+def adamw(groups: Sequence[dict], *, lr: float, betas: tuple[float, float], eps: float,
+          weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``groups``, with the fused kernel (one pass over all parameters instead of a
+    dozen elementwise ops per tensor; 5 % of a TransKD-Base CPU step) where this torch and the
+    parameters' device and dtype support it, else the per-tensor implementation. The update
+    is the same formula either way; only float rounding may differ."""
+    options = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay}
+    try:
+        return torch.optim.AdamW(groups, fused=True, **options)
+    except (RuntimeError, TypeError, ValueError):  # an unsupported device, dtype or torch
+        return torch.optim.AdamW(groups, **options)

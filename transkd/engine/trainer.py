@@ -62,7 +62,7 @@ from .distributed import (
 from .evaluate import InferenceOptions, evaluate
 from .interrupt import StopRequest
 from .logging import MetricsLogger
-from .optim import GroupRule, check_resumable, parameter_groups
+from .optim import GroupRule, adamw, check_resumable, parameter_groups
 from .schedule import LRSchedule, ScheduleSpec
 
 #: Folder of a run holding the reported checkpoint's per-image confusion matrices.
@@ -310,8 +310,8 @@ class Trainer:
         optim = self.config.optim
         rule = GroupRule(head_lr_mult=optim.head_lr_mult, no_decay=tuple(optim.no_decay))
         groups = parameter_groups(self.distiller, optim.lr, optim.weight_decay, rule)
-        return torch.optim.AdamW(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
-                                 weight_decay=optim.weight_decay)
+        return adamw(groups, lr=optim.lr, betas=tuple(optim.betas), eps=optim.eps,
+                     weight_decay=optim.weight_decay)
 
     def _schedule(self, optimizer: torch.optim.Optimizer) -> LRSchedule:
         cfg = self.config.schedule
