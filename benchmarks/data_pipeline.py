@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from transkd.data import build_dataset  # noqa: E402
 from transkd.data.protocols import ProtocolOptions, TransformedDataset, build_transform  # noqa: E402
+from transkd.engine.host_memory import reuse_freed_memory  # noqa: E402
 
 PIPELINES = {
     "paper 1024x512": ProtocolOptions(name="paper", image_size=(512, 1024)),
@@ -142,6 +143,7 @@ def time_worker(dataset: TransformedDataset, batch_size: int, batches: int) -> t
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(1)
+    reuse_freed_memory()  # as the transkd command runs (its workers inherit the setting)
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(args.root or scratch)
         write_frames(root, args.images, tuple(args.size))

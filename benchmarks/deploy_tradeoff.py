@@ -47,6 +47,7 @@ from transkd.deploy.bench import (  # noqa: E402
 )
 from transkd.deploy.export import export_student  # noqa: E402
 from transkd.deploy.quantize import QuantizeOptions  # noqa: E402
+from transkd.engine.host_memory import reuse_freed_memory  # noqa: E402
 from transkd.engine.score import evaluate_checkpoint, evaluation_images  # noqa: E402
 from transkd.jsonsafe import json_safe  # noqa: E402
 from transkd.models.onnx_graph import onnx_session  # noqa: E402
@@ -223,6 +224,7 @@ def main(argv=None) -> int:
     parser.add_argument("--study-size", type=int, nargs=2, default=[512, 1024])
     parser.add_argument("--study-threads", type=int, default=2)
     args = parser.parse_args(argv)
+    reuse_freed_memory()  # as the transkd command runs; recorded in the results' machine section
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     weights = model_file(args.student)

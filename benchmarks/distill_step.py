@@ -93,8 +93,10 @@ def teacher_with_autograd(distiller) -> None:
 def run_worker(args: argparse.Namespace) -> dict:
     import torch
 
-    from transkd import create_distiller, create_model
+    from transkd import create_distiller, create_model, reuse_freed_memory
+    from transkd.engine.optim import adamw
 
+    reuse_freed_memory()  # as the transkd command runs
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -104,7 +106,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     if args.worker == "reference":
         teacher_with_autograd(distiller)
     params = [*distiller.student.parameters(), *distiller.extra_parameters()]
-    optimizer = torch.optim.AdamW(params, lr=6e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    optimizer = adamw([{"params": params}], lr=6e-5, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
     height, width = args.size
     images = torch.rand(args.batch, 3, height, width)
     targets = torch.randint(0, args.num_classes, (args.batch, height // 4, width // 4))
