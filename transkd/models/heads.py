@@ -63,8 +63,14 @@ class SegFormerHead(nn.Module):
         self.fused_projection = True
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        if self.fused_projection:
-            fused = self.fuse.relu(self.fuse.bn(self._fused_projection(features)))
+        bn = self.fuse.bn
+        if self.fused_projection and not bn.training and bn.running_var is not None:
+            # Inference: BatchNorm is a per-channel affine map, folded into the projections too.
+            scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+            fused = self._fused_projection(features, scale, bn.bias - bn.running_mean * scale)
+            fused = self.fuse.relu(fused)
+        elif self.fused_projection:
+            fused = self.fuse.relu(bn(self._fused_projection(features)))
         else:
             fused = self.fuse(self._reference_concat(features))
         return self.classifier(self.dropout(fused))
@@ -78,8 +84,11 @@ class SegFormerHead(nn.Module):
         ]
         return torch.cat(projected[::-1], dim=1)
 
-    def _fused_projection(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Σ_i upsample(W_i · P_i(f_i)), equal to fuse.conv(concat_i upsample(P_i(f_i)))."""
+    def _fused_projection(self, features: list[torch.Tensor], scale: torch.Tensor | None = None,
+                          shift: torch.Tensor | None = None) -> torch.Tensor:
+        """Σ_i upsample(W_i · P_i(f_i)), equal to fuse.conv(concat_i upsample(P_i(f_i))); with
+        ``scale``/``shift``, scale · (that) + shift, folded into the weights and the first bias
+        (upsampling keeps a constant map constant, so the shift may enter any stage)."""
         size = features[0].shape[2:]
         count = len(features)
         # Concatenation order is [stage 4, ..., stage 1]: stage i owns block count-1-i.
@@ -88,8 +97,13 @@ class SegFormerHead(nn.Module):
         for i in reversed(range(count)):
             proj = self.linear_c[i].proj
             block = blocks[count - 1 - i]
+            if scale is not None:
+                block = scale[:, None] * block
+            bias = block @ proj.bias
+            if shift is not None and i == count - 1:
+                bias = bias + shift
             weight = (block @ proj.weight)[:, :, None, None]
-            y = F.conv2d(features[i], weight, block @ proj.bias)
+            y = F.conv2d(features[i], weight, bias)
             if y.shape[2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             out = y if out is None else out.add_(y)  # y and out are fresh: no autograd hazard
