@@ -50,6 +50,25 @@ def test_rows_for_each_backend_and_a_failing_one_is_unavailable(model):
     assert "input 2x3x64x64 (batch 2) · 1 thread(s)" in table
     assert "compile      unavailable: InvalidBackend" in table
     assert "torch.mm fp32 64x64 @ 64x64" in table and "GFLOP/s" in table and "load average" in table
+    assert "interleaved with the backends" in table and "host memory: " in table
+
+
+def test_backends_and_peak_are_timed_in_interleaved_rounds(model, monkeypatch):
+    """Every round runs each backend and the matmul once, so load changes hit them alike."""
+    from transkd.deploy import bench
+
+    order = []
+    real = bench.time_interleaved
+
+    def recording(runs, warmup, repeats, tick=None):
+        wrapped = {name: (lambda name=name, run=run: (order.append(name), run()))
+                   for name, run in runs.items()}
+        return real(wrapped, warmup, repeats, tick)
+
+    monkeypatch.setattr(bench, "time_interleaved", recording)
+    result = bench_model(model, backends=("eager",), **TINY)
+    assert order == ["eager", "peak"] * 3  # 1 warm-up + 2 timed rounds
+    assert result["peak"]["interleaved"] and result["peak"]["latency"]["repeats"] == 2
 
 
 def test_cli_json_with_a_model_name_and_with_a_checkpoint(model, tmp_path, capsys):

@@ -1,13 +1,13 @@
 """Latency and throughput of a network on this machine, next to the machine's own matmul peak.
 
 Runs on the CPU. Backends: eager PyTorch (``torch.inference_mode``), ``torch.compile`` and
-onnxruntime (the graph ``transkd export`` writes). Each is warmed up, then timed ``repeats``
-times, one forward of the whole batch per repeat; the summary is the median with the
-interquartile range and min/max. Achieved GFLOP/s divide the FLOPs of one forward
-(``transkd.profile.count_flops_total``: torch's flop counter, attention included) by the median
-latency, and sit next to a ``torch.mm`` of two fp32 square matrices timed in the same run on the
-same thread count — a practical ceiling for this machine — so the distance to the limit is
-visible. A backend that fails to build or run is reported as "unavailable" with the reason
+onnxruntime (the graph ``transkd export`` writes). All are built first, then warmed up and timed
+in ``repeats`` rounds of one forward of the whole batch each, in turn, together with a
+``torch.mm`` of two fp32 square matrices on the same thread count — a practical ceiling for this
+machine — so a change in machine load hits every backend and the ceiling alike. The summary is
+the median with the interquartile range and min/max. Achieved GFLOP/s divide the FLOPs of one
+forward (``transkd.profile.count_flops_total``: torch's flop counter, attention included) by the
+median latency, and their share of the ceiling shows the distance to the limit. A backend that fails to build or run is reported as "unavailable" with the reason
 instead of stopping the benchmark.
 """
 
@@ -206,21 +206,29 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
     load_before = load_average()
     with torch_threads(threads) as used_threads, tempfile.TemporaryDirectory(prefix="transkd-bench-") as tmp:
         flops = count_flops_total(model, images)
-        peak = matmul_peak(peak_size, warmup=1, repeats=max(3, min(repeats, 10)))
         options = {"compile_backend": compile_backend, "exporter": exporter, "threads": used_threads,
                    "workdir": tmp, "onnx_tolerance": onnx_tolerance}
-        per_backend = warmup + repeats
-        bar = Progress(len(backends) * per_backend, description="bench", unit="run", enabled=progress,
-                       interval=per_backend, quiet_for=5.0)
+        rows, runs = [], {}
+        for name in backends:
+            row, run = _build_backend(name, model, images, options)
+            rows.append(row)
+            if run is not None:
+                runs[name] = run
+        peak_run, peak_flops, peak_what = matmul_runner(peak_size)
+        runs[_PEAK] = peak_run
+        bar = Progress(len(runs) * (warmup + repeats), description="bench", unit="run", enabled=progress,
+                       interval=len(runs) * (warmup + repeats), quiet_for=5.0)
         try:
-            rows = []
-            for index, name in enumerate(backends):
-                bar.fields["backend"] = name
-                rows.append(_bench_backend(name, model, images, options, warmup, repeats, flops, peak,
-                                           tick=lambda: bar.update(1)))
-                bar.update((index + 1) * per_backend - bar.count)  # a backend that failed early
+            timings = time_interleaved(runs, warmup, repeats, tick=lambda: bar.update(1))
         finally:
             bar.close()
+        peak_latency = summarize(timings[_PEAK]["wall"])
+        peak = {"what": peak_what, "flops_per_call": peak_flops, "latency": peak_latency,
+                "gflops_per_s": peak_flops / (peak_latency["median_ms"] / 1e3) / 1e9,
+                "interleaved": True}
+        for row in rows:
+            if row["status"] == "ok":
+                _score_row(row, summarize(timings[row["backend"]]["wall"]), flops, peak, images.shape[0])
     return {
         "model": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
@@ -280,25 +288,45 @@ def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_s
     return size
 
 
-def _bench_backend(name: str, model: nn.Module, images: torch.Tensor, options: dict[str, Any],
-                   warmup: int, repeats: int, flops: int, peak: dict[str, Any],
-                   tick: Callable[[], None] | None = None) -> dict[str, Any]:
-    row: dict[str, Any] = {"backend": name, "what": _DESCRIPTIONS[name].format(**options)}
+_PEAK = "peak"
+
+
+def matmul_runner(size: int) -> tuple[Callable[[], Any], int, str]:
+    """A ``torch.mm`` of two fp32 ``size``×``size`` matrices to time beside other runs: the call,
+    its FLOPs (2·size³) and what it is."""
+    generator = torch.Generator().manual_seed(0)
+    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    out = torch.empty(size, size)
+
+    def run():
+        with torch.inference_mode():
+            return torch.mm(a, b, out=out)
+    return run, 2 * size ** 3, f"torch.mm fp32 {size}x{size} @ {size}x{size}"
+
+
+def _build_backend(name: str, model: nn.Module, images: torch.Tensor,
+                   options: dict[str, Any]) -> tuple[dict[str, Any], Callable[[], Any] | None]:
+    """The backend's row and its runner, checked by one call; a backend that cannot build or run
+    is a result ("unavailable" with the reason), not a crash."""
+    row: dict[str, Any] = {"backend": name, "what": _DESCRIPTIONS[name].format(**options), "status": "ok"}
     try:
         start = time.perf_counter()
         run = _BUILDERS[name](model, images, options)
+        run()
         row["setup_s"] = time.perf_counter() - start
-        timings = time_runs(run, warmup, repeats, tick)
-    except Exception as exc:  # a backend that cannot build or run is a result, not a crash
+    except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         row.update(status="unavailable", reason=f"{type(exc).__name__}: {reason}"[:300])
-        return row
-    latency = summarize(timings)
+        return row, None
+    return row, run
+
+
+def _score_row(row: dict[str, Any], latency: dict[str, float], flops: int, peak: dict[str, Any],
+               batch: int) -> None:
     seconds = latency["median_ms"] / 1e3
     achieved = flops / seconds / 1e9
-    row.update(status="ok", latency=latency, images_per_s=images.shape[0] / seconds,
-               gflops_per_s=achieved, fraction_of_peak=achieved / peak["gflops_per_s"])
-    return row
+    row.update(latency=latency, images_per_s=batch / seconds, gflops_per_s=achieved,
+               fraction_of_peak=achieved / peak["gflops_per_s"])
 
 
 def load_average() -> list[float] | None:
@@ -346,7 +374,8 @@ def format_bench(result: dict[str, Any]) -> str:
     peak = result["peak"]
     timing = peak["latency"]
     lines.append(f"  {'peak':<12} {peak['what']}: {peak['gflops_per_s']:.1f} GFLOP/s (median of "
-                 f"{timing['repeats']} calls, {timing['median_ms']:.1f} ms each, same threads)")
+                 f"{timing['repeats']} calls, {timing['median_ms']:.1f} ms each, same threads"
+                 f"{', interleaved with the backends' if peak.get('interleaved') else ''})")
     lines.append("")
     for row in result["rows"]:
         setup = f" (set-up {row['setup_s']:.1f} s)" if "setup_s" in row else ""

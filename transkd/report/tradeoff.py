@@ -34,6 +34,7 @@ from ..deploy.bench import (
     compile_for_inference,
     cpu_description,
     load_average,
+    matmul_runner,
     onnxruntime_version,
     summarize,
     time_interleaved,
@@ -143,7 +144,7 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
         load_before = load_average()
         say(f"timing {', '.join(runs)}: {warmup} warm-up + {repeats} interleaved rounds")
         flops = count_flops_total(student.model, images)
-        peak_run, peak_flops, peak_what = _matmul(peak_size)
+        peak_run, peak_flops, peak_what = matmul_runner(peak_size)
         timings = time_interleaved({**runs, PEAK: peak_run}, warmup, repeats)
         load_after = load_average()
     peak_timing = timings.pop(PEAK)
@@ -194,17 +195,6 @@ def _prepare(variant, student, weights, folder, size, graph, lowering, overrides
                             calibration=calibration, check_sizes=[(1, *size)])
     row["lowering"] = result.lowering or {"precision": "fp32"}
     return OnnxSegmentor(path, threads=threads), path
-
-
-def _matmul(size: int) -> tuple[Callable[[], Any], int, str]:
-    generator = torch.Generator().manual_seed(0)
-    a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
-
-    def run():
-        with torch.inference_mode():
-            torch.mm(a, b, out=out)
-    return run, 2 * size ** 3, f"torch.mm fp32 {size}x{size} @ {size}x{size}"
 
 
 def _runner(network: torch.nn.Module, images: torch.Tensor) -> Callable[[], Any]:
