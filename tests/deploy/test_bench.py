@@ -43,32 +43,33 @@ def test_rows_for_each_backend_and_a_failing_one_is_unavailable(model):
         assert order == sorted(order)
         assert row["images_per_s"] == pytest.approx(2 / (latency["median_ms"] / 1e3))
         assert row["gflops_per_s"] == pytest.approx(result["flops_per_forward"] / latency["median_ms"] / 1e6)
-        assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / result["peak"]["gflops_per_s"])
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / row["peak_gflops_per_s"])
     assert rows["compile"]["status"] == "unavailable"
     assert "no_such_backend" in rows["compile"]["reason"] and "latency" not in rows["compile"]
     table = format_bench(result)
     assert "input 2x3x64x64 (batch 2) · 1 thread(s)" in table
     assert "compile      unavailable: InvalidBackend" in table
     assert "torch.mm fp32 64x64 @ 64x64" in table and "GFLOP/s" in table and "load average" in table
-    assert "interleaved with the backends" in table and "host memory: " in table
+    assert "timed right before each backend" in table and "host memory: " in table
 
 
-def test_backends_and_peak_are_timed_in_interleaved_rounds(model, monkeypatch):
-    """Every round runs each backend and the matmul once, so load changes hit them alike."""
+def test_each_backend_is_scored_against_the_ceiling_timed_right_before_it(model, monkeypatch):
+    """A shared machine drifts between blocks: each row's share uses the matmul timed next to it."""
     from transkd.deploy import bench
 
-    order = []
-    real = bench.time_interleaved
+    calls = []
+    real = bench.time_runs
 
-    def recording(runs, warmup, repeats, tick=None):
-        wrapped = {name: (lambda name=name, run=run: (order.append(name), run()))
-                   for name, run in runs.items()}
-        return real(wrapped, warmup, repeats, tick)
+    def recording(run, warmup, repeats, tick=None):
+        calls.append((warmup, repeats))
+        return real(run, warmup, repeats, tick)
 
-    monkeypatch.setattr(bench, "time_interleaved", recording)
-    result = bench_model(model, backends=("eager",), **TINY)
-    assert order == ["eager", "peak"] * 3  # 1 warm-up + 2 timed rounds
-    assert result["peak"]["interleaved"] and result["peak"]["latency"]["repeats"] == 2
+    monkeypatch.setattr(bench, "time_runs", recording)
+    result = bench_model(model, backends=("eager", "onnxruntime"), exporter="torchscript", **TINY)
+    assert calls == [(1, 3), (1, 2), (1, 3), (1, 2)]  # ceiling, eager, ceiling, onnxruntime
+    assert result["peak"]["latency"]["repeats"] == 6
+    for row in result["rows"]:
+        assert row["fraction_of_peak"] == pytest.approx(row["gflops_per_s"] / row["peak_gflops_per_s"])
 
 
 def test_cli_json_with_a_model_name_and_with_a_checkpoint(model, tmp_path, capsys):

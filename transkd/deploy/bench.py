@@ -1,14 +1,15 @@
 """Latency and throughput of a network on this machine, next to the machine's own matmul peak.
 
 Runs on the CPU. Backends: eager PyTorch (``torch.inference_mode``), ``torch.compile`` and
-onnxruntime (the graph ``transkd export`` writes). All are built first, then warmed up and timed
-in ``repeats`` rounds of one forward of the whole batch each, in turn, together with a
-``torch.mm`` of two fp32 square matrices on the same thread count — a practical ceiling for this
-machine — so a change in machine load hits every backend and the ceiling alike. The summary is
-the median with the interquartile range and min/max. Achieved GFLOP/s divide the FLOPs of one
-forward (``transkd.profile.count_flops_total``: torch's flop counter, attention included) by the
-median latency, and their share of the ceiling shows the distance to the limit. A backend that fails to build or run is reported as "unavailable" with the reason
-instead of stopping the benchmark.
+onnxruntime (the graph ``transkd export`` writes). Each is built, then a ``torch.mm`` of two fp32
+square matrices on the same thread count — a practical ceiling for this machine — is timed right
+before it, then the backend is warmed up and timed ``repeats`` times, one forward of the whole
+batch per repeat. The summary is the median with the interquartile range and min/max. Achieved
+GFLOP/s divide the FLOPs of one forward (``transkd.profile.count_flops_total``: torch's flop
+counter, attention included) by the median latency; their share of the ceiling timed next to them
+shows the distance to the limit. Backends are not interleaved call by call: onnxruntime's threads
+spin after each run and would slow whatever runs next on a small machine. A backend that fails
+to build or run is reported as "unavailable" with the reason instead of stopping the benchmark.
 """
 
 from __future__ import annotations
@@ -208,27 +209,33 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
         flops = count_flops_total(model, images)
         options = {"compile_backend": compile_backend, "exporter": exporter, "threads": used_threads,
                    "workdir": tmp, "onnx_tolerance": onnx_tolerance}
-        rows, runs = [], {}
-        for name in backends:
-            row, run = _build_backend(name, model, images, options)
-            rows.append(row)
-            if run is not None:
-                runs[name] = run
         peak_run, peak_flops, peak_what = matmul_runner(peak_size)
-        runs[_PEAK] = peak_run
-        bar = Progress(len(runs) * (warmup + repeats), description="bench", unit="run", enabled=progress,
-                       interval=len(runs) * (warmup + repeats), quiet_for=5.0)
+        peak_repeats = max(3, min(repeats, 5))
+        bar = Progress(len(backends) * (warmup + repeats), description="bench", unit="run",
+                       enabled=progress, interval=warmup + repeats, quiet_for=5.0)
+        rows, peak_times = [], []
         try:
-            timings = time_interleaved(runs, warmup, repeats, tick=lambda: bar.update(1))
+            for index, name in enumerate(backends):
+                bar.fields["backend"] = name
+                row, run = _build_backend(name, model, images, options)
+                rows.append(row)
+                if run is not None:
+                    # The ceiling right before the backend: a shared machine's speed drifts
+                    # between blocks, and this keeps each ratio to one stretch of time.
+                    adjacent = time_runs(peak_run, 1, peak_repeats)
+                    peak_times += adjacent
+                    timings = time_runs(run, warmup, repeats, tick=lambda: bar.update(1))
+                    _score_row(row, summarize(timings), flops,
+                               peak_flops / statistics.median(adjacent) / 1e9, images.shape[0])
+                bar.update((index + 1) * (warmup + repeats) - bar.count)  # a backend that failed
         finally:
             bar.close()
-        peak_latency = summarize(timings[_PEAK]["wall"])
+        if not peak_times:
+            peak_times = time_runs(peak_run, 1, peak_repeats)
+        peak_latency = summarize(peak_times)
         peak = {"what": peak_what, "flops_per_call": peak_flops, "latency": peak_latency,
                 "gflops_per_s": peak_flops / (peak_latency["median_ms"] / 1e3) / 1e9,
-                "interleaved": True}
-        for row in rows:
-            if row["status"] == "ok":
-                _score_row(row, summarize(timings[row["backend"]]["wall"]), flops, peak, images.shape[0])
+                "measured": "before each backend"}
     return {
         "model": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
@@ -321,12 +328,12 @@ def _build_backend(name: str, model: nn.Module, images: torch.Tensor,
     return row, run
 
 
-def _score_row(row: dict[str, Any], latency: dict[str, float], flops: int, peak: dict[str, Any],
+def _score_row(row: dict[str, Any], latency: dict[str, float], flops: int, peak_gflops_per_s: float,
                batch: int) -> None:
     seconds = latency["median_ms"] / 1e3
     achieved = flops / seconds / 1e9
     row.update(latency=latency, images_per_s=batch / seconds, gflops_per_s=achieved,
-               fraction_of_peak=achieved / peak["gflops_per_s"])
+               peak_gflops_per_s=peak_gflops_per_s, fraction_of_peak=achieved / peak_gflops_per_s)
 
 
 def load_average() -> list[float] | None:
@@ -375,7 +382,7 @@ def format_bench(result: dict[str, Any]) -> str:
     timing = peak["latency"]
     lines.append(f"  {'peak':<12} {peak['what']}: {peak['gflops_per_s']:.1f} GFLOP/s (median of "
                  f"{timing['repeats']} calls, {timing['median_ms']:.1f} ms each, same threads"
-                 f"{', interleaved with the backends' if peak.get('interleaved') else ''})")
+                 f"{_peak_note(result)})")
     lines.append("")
     for row in result["rows"]:
         setup = f" (set-up {row['setup_s']:.1f} s)" if "setup_s" in row else ""
@@ -384,6 +391,14 @@ def format_bench(result: dict[str, Any]) -> str:
     if after:
         lines.append(f"  load average after: {after[0]:.2f} / {after[1]:.2f} / {after[2]:.2f}")
     return "\n".join(lines)
+
+
+def _peak_note(result: dict[str, Any]) -> str:
+    own = [row["peak_gflops_per_s"] for row in result["rows"] if "peak_gflops_per_s" in row]
+    if not own:
+        return ""
+    return (f"; timed right before each backend, whose share is of its own: "
+            f"{min(own):.1f}-{max(own):.1f} GFLOP/s")
 
 
 def _span(low: float, high: float) -> str:
