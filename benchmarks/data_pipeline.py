@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from transkd.data import build_dataset  # noqa: E402
 from transkd.data.protocols import ProtocolOptions, TransformedDataset, build_transform  # noqa: E402
-from transkd.engine.host_memory import reuse_freed_memory  # noqa: E402
+from transkd.host_memory import reuse_freed_memory  # noqa: E402
 
 PIPELINES = {
     "paper 1024x512": ProtocolOptions(name="paper", image_size=(512, 1024)),

@@ -47,8 +47,8 @@ from transkd.deploy.bench import (  # noqa: E402
 )
 from transkd.deploy.export import export_student  # noqa: E402
 from transkd.deploy.quantize import QuantizeOptions  # noqa: E402
-from transkd.engine.host_memory import reuse_freed_memory  # noqa: E402
 from transkd.engine.score import evaluate_checkpoint, evaluation_images  # noqa: E402
+from transkd.host_memory import reuse_freed_memory  # noqa: E402
 from transkd.jsonsafe import json_safe  # noqa: E402
 from transkd.models.onnx_graph import onnx_session  # noqa: E402
 from transkd.report.tradeoff import (  # noqa: E402

@@ -67,7 +67,7 @@ INFER_IMPLS = {
     "ours_cl": "transkd, channels_last",
 }
 #: Variants whose process keeps freed host memory for reuse, as the transkd command does
-#: (transkd.engine.host_memory); the others run with the C library's defaults.
+#: (transkd.host_memory); the others run with the C library's defaults.
 REUSE_IMPLS = {"ref_reuse", "ours", "ours_cl", "ours_bf16"}
 #: What a 4x speed-up is measured against, and the factor (the target the step is held to).
 TARGET_SPEEDUP = 4.0
@@ -396,7 +396,7 @@ WORKERS = {"distill": worker_distill, "infer": worker_infer, "sanity": worker_sa
 
 def run_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
-    from transkd.engine.host_memory import host_allocator, reuse_freed_memory
+    from transkd.host_memory import host_allocator, reuse_freed_memory
 
     if spec.get("impl") in REUSE_IMPLS:
         reuse_freed_memory()
@@ -550,7 +550,7 @@ def print_table(report: dict) -> None:
           f"{cfg['rounds']} rounds x {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
     _print_rows([r for r in report["results"] if r["kind"] == "infer"], INFER_IMPLS, 3)
     print("\nHost memory: transkd variants keep freed memory for reuse, as the transkd command does "
-          "(transkd.engine.host_memory), except the 'system allocator' ones; reference variants run "
+          "(transkd.host_memory), except the 'system allocator' ones; reference variants run "
           "with the C library's defaults, except 'freed memory kept'.")
     print("\nRatios (speed-up = their time / our time: medians of wall and CPU time, and fastest runs;"
           " memory = our peak+ / their peak+)")

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "transkd"
 
 #: Lowest first. A part imports only parts of lower layers (never its own layer's other parts).
 LAYERS = [
-    {"errors", "jsonsafe", "inference", "progress"},
+    {"errors", "jsonsafe", "inference", "progress", "host_memory"},
     {"options"},
     {"models"},
     {"data", "profile"},

@@ -1,7 +1,7 @@
 """transkd: distil large semantic-segmentation transformers into small, fast students."""
 
 from .distill import create_distiller, list_methods
-from .engine.host_memory import reuse_freed_memory
+from .host_memory import reuse_freed_memory
 from .models import create_model, list_models
 from .weights import load_model
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv
     parser = build_parser()
     args = parser.parse_args(argv)
-    from ..engine.host_memory import reuse_freed_memory  # deferred: --help needs no ctypes
+    from ..host_memory import reuse_freed_memory  # deferred: --help needs no ctypes
 
     reuse_freed_memory()
     try:

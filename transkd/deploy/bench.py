@@ -28,8 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..engine.host_memory import host_allocator
 from ..errors import ConfigError
+from ..host_memory import host_allocator
 from ..models import create_model, list_models
 from ..models.onnx_graph import onnx_session
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total

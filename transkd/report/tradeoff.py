@@ -42,9 +42,9 @@ from ..deploy.bench import (
 )
 from ..deploy.export import export_input_size, export_student
 from ..deploy.quantize import DEFAULT_CALIBRATION_IMAGES, QuantizeOptions
-from ..engine.host_memory import host_allocator
 from ..engine.score import evaluate_checkpoint, evaluation_images
 from ..errors import ConfigError
+from ..host_memory import host_allocator
 from ..jsonsafe import json_safe
 from ..models.onnx_graph import OnnxSegmentor
 from ..profile import FLOPS_CONVENTION, count_flops_total

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from transkd.engine import host_memory
+from transkd import host_memory
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -17,7 +17,7 @@ GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 # grown to hold it during the warm-up (alignment may take it a few rounds) and is reused.
 _PROBE = textwrap.dedent("""
     import resource, sys, torch
-    from transkd.engine.host_memory import host_allocator, reuse_freed_memory
+    from transkd.host_memory import host_allocator, reuse_freed_memory
     if sys.argv[1] == "reuse":
         reuse_freed_memory()
     for _ in range(10):
