@@ -126,16 +126,14 @@ def torch_threads(threads: int | None) -> Iterator[int]:
 
 def matmul_peak(size: int = 2048, warmup: int = 1, repeats: int = 5) -> dict[str, Any]:
     """GFLOP/s of ``torch.mm`` on two fp32 ``size``×``size`` matrices (2·size³ FLOPs per call)."""
-    generator = torch.Generator().manual_seed(0)
-    a = torch.randn(size, size, generator=generator)
-    b = torch.randn(size, size, generator=generator)
-    out = torch.empty(size, size)
-    flops = 2 * size ** 3
-    with torch.inference_mode():
-        timings = time_runs(lambda: torch.mm(a, b, out=out), warmup, repeats)
-    latency = summarize(timings)
-    return {"what": f"torch.mm fp32 {size}x{size} @ {size}x{size}", "flops_per_call": flops,
-            "latency": latency, "gflops_per_s": flops / (latency["median_ms"] / 1e3) / 1e9}
+    run, flops, what = matmul_runner(size)
+    return _peak_record(what, flops, time_runs(run, warmup, repeats))
+
+
+def _peak_record(what: str, flops: int, seconds: Sequence[float]) -> dict[str, Any]:
+    latency = summarize(seconds)
+    return {"what": what, "flops_per_call": flops, "latency": latency,
+            "gflops_per_s": flops / (latency["median_ms"] / 1e3) / 1e9}
 
 
 def _eager(model: nn.Module, images: torch.Tensor, options: dict[str, Any]) -> Callable[[], Any]:
@@ -232,10 +230,7 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
             bar.close()
         if not peak_times:
             peak_times = time_runs(peak_run, 1, peak_repeats)
-        peak_latency = summarize(peak_times)
-        peak = {"what": peak_what, "flops_per_call": peak_flops, "latency": peak_latency,
-                "gflops_per_s": peak_flops / (peak_latency["median_ms"] / 1e3) / 1e9,
-                "measured": "before each backend"}
+        peak = {**_peak_record(peak_what, peak_flops, peak_times), "measured": "before each backend"}
     return {
         "model": getattr(model, "model_name", type(model).__name__),
         "num_classes": getattr(model, "num_classes", None),
@@ -293,9 +288,6 @@ def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_s
         raise ConfigError(f"backends must be among {', '.join(BACKENDS)}, "
                           f"got {', '.join(backends) or 'none'}")
     return size
-
-
-_PEAK = "peak"
 
 
 def matmul_runner(size: int) -> tuple[Callable[[], Any], int, str]:
