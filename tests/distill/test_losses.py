@@ -85,3 +85,45 @@ def test_gradient_flows_to_the_student_only():
     teacher = torch.randn(1, 2, 8, 8)
     hcl_loss([student], [teacher]).backward()
     assert student.grad is not None and student.grad.abs().sum() > 0
+
+
+def _hcl_written_out(student: torch.Tensor, teacher: torch.Tensor, level_weights: str) -> torch.Tensor:
+    """The stage loss as its docstring states it, through adaptive pooling and autograd."""
+    loss, total, halved = torch.nn.functional.mse_loss(student, teacher), 1.0, 1.0
+    for size, weight in HCL_LEVELS:
+        if size >= student.shape[2]:
+            continue
+        if level_weights == "halved":
+            halved /= 2.0
+            weight = halved
+        pool = torch.nn.functional.adaptive_avg_pool2d
+        loss = loss + weight * torch.nn.functional.mse_loss(pool(student, size), pool(teacher, size))
+        total += weight
+    return loss / total
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 16, 32), (2, 5, 8, 8), (1, 2, 4, 12), (2, 3, 12, 20),
+                                   (2, 3, 9, 13), (1, 2, 2, 6)])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("level_weights", ["fixed", "halved"])
+def test_value_and_gradient_match_the_formula_through_autograd(shape, channels_last, level_weights):
+    # Maps that every pooled size divides take a hand-written backward; the others (9×13) do not.
+    generator = torch.Generator().manual_seed(sum(shape))
+    student = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    teacher = torch.randn(*shape, generator=generator, dtype=torch.float64)
+    if channels_last:
+        student = student.to(memory_format=torch.channels_last)
+    student.requires_grad_()
+    loss = hcl_stage_loss(student, teacher, level_weights=level_weights)
+    (grad,) = torch.autograd.grad(3.0 * loss, student)
+    leaf = student.detach().clone().requires_grad_()
+    expected = _hcl_written_out(leaf, teacher, level_weights)
+    (expected_grad,) = torch.autograd.grad(3.0 * expected, leaf)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-10, atol=1e-14)
+
+
+def test_gradcheck_on_a_divisible_map():
+    student = torch.randn(1, 2, 8, 4, dtype=torch.float64, requires_grad=True)
+    teacher = torch.randn(1, 2, 8, 4, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda s: hcl_stage_loss(s, teacher), (student,))
