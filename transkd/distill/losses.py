@@ -67,7 +67,7 @@ class _BlockContextMSE(torch.autograd.Function):
     being linear. The backward writes the gradient in one pass over ``d``'s own memory layout
     (2d/N plus each level's block gradient broadcast in place), where autograd through
     ``adaptive_avg_pool2d`` would expand each level to a full map in another layout and add them
-    (for a TransKD step at 256×512 on a CPU: about four times the time)."""
+    (for a TransKD step at 256×512 on a CPU: about three times the time)."""
 
     @staticmethod
     def forward(ctx, diff: torch.Tensor, levels: tuple[tuple[int, float], ...]) -> torch.Tensor:
