@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.conv import Conv2d
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_weight
 from .losses import HCL_LEVEL_WEIGHTS, hcl_loss
@@ -35,11 +36,11 @@ class AttentionBasedFusion(nn.Module):
 
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool) -> None:
         super().__init__()
-        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False),
+        self.reduce = nn.Sequential(Conv2d(in_channels, mid_channels, 1, bias=False),
                                     SampleSafeBatchNorm2d(mid_channels))
-        self.expand = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+        self.expand = nn.Sequential(Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
                                     SampleSafeBatchNorm2d(out_channels))
-        self.attention = (nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid())
+        self.attention = (nn.Sequential(Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid())
                           if fuse else None)
         nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
         nn.init.kaiming_uniform_(self.expand[0].weight, a=1)

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d, conv2d
+
 
 class ConvBNReLU(nn.Sequential):
     """Bias-free convolution, BatchNorm, ReLU (mmcv's ConvModule with BN); with ``norm=False``
@@ -57,7 +59,7 @@ class SegFormerHead(nn.Module):
         self.linear_c = nn.ModuleList(MLPProjection(c, embed_dim) for c in in_channels)
         self.fuse = ConvBNReLU(embed_dim * len(in_channels), embed_dim, 1)
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(embed_dim, num_classes, 1)
+        self.classifier = Conv2d(embed_dim, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
         self.fused_projection = True
@@ -103,7 +105,7 @@ class SegFormerHead(nn.Module):
             if shift is not None and i == count - 1:
                 bias = bias + shift
             weight = (block @ proj.weight)[:, :, None, None]
-            y = F.conv2d(features[i], weight, bias)
+            y = conv2d(features[i], weight, bias)
             if y.shape[2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             out = y if out is None else out.add_(y)  # y and out are fresh: no autograd hazard
