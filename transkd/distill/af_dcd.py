@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..models.conv import Conv2d
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_positive, check_stage_list, check_stages_exist, check_weight, pixelwise_kl
 from .losses import full_precision
@@ -81,10 +82,10 @@ class EnhancedProjector(nn.Module):
 
     def __init__(self, width: int) -> None:
         super().__init__()
-        self.block1 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
-        self.block2 = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
-        self.head1 = nn.Conv2d(width, width, 3, padding=1)
-        self.head2 = nn.Conv2d(width, width, 3, padding=1)
+        self.block1 = nn.Sequential(Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.block2 = nn.Sequential(Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.head1 = Conv2d(width, width, 3, padding=1)
+        self.head2 = Conv2d(width, width, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         first = self.block1(x)
@@ -95,8 +96,8 @@ class EnhancedProjector(nn.Module):
 def projector(width: int, enhanced: bool) -> nn.Module:
     if enhanced:
         return EnhancedProjector(width)
-    return nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
-                         nn.Conv2d(width, width, 3, padding=1))
+    return nn.Sequential(Conv2d(width, width, 3, padding=1), nn.ReLU(inplace=True),
+                         Conv2d(width, width, 3, padding=1))
 
 
 def feature_mask(shape: torch.Size, ratio: float, random: bool, device: torch.device,
@@ -151,7 +152,7 @@ class AugmentationFreeDenseContrastiveKD(DistillMethod):
             raise ConfigError(f"method 'af_dcd' option 'groups' ({options.groups}) must divide the "
                               f"teacher's width {width} at stage {options.stage}")
         student_width = student.widths[options.stage - 1]
-        self.align = (nn.Conv2d(student_width, width, 1) if student_width != width  # with bias,
+        self.align = (Conv2d(student_width, width, 1) if student_width != width  # with bias,
                       else nn.Identity())                                           # as the authors
 
         self.projector = projector(width, options.enhanced_projector)

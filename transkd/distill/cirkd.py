@@ -36,6 +36,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.conv import Conv2d
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .ifvd import resize_labels
 from .kd import check_positive, check_stage_list, check_stages_exist, check_weight, pixelwise_kl
@@ -124,8 +125,8 @@ class CrossImageRelationalKD(DistillMethod):
         width, dim = student.widths[options.stage - 1], self.paired_teacher_widths[options.stage - 1]
         classes = student.num_classes
         self.projector = nn.Sequential(
-            nn.Conv2d(width, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 1, bias=False))
+            Conv2d(width, dim, 1, bias=False), nn.BatchNorm2d(dim), nn.ReLU(inplace=True),
+            Conv2d(dim, dim, 1, bias=False))
         self.register_buffer("pixel_queue", F.normalize(
             torch.randn(classes, options.pixel_memory_size, dim), dim=2))
         self.register_buffer("pixel_pointer", torch.zeros(classes, dtype=torch.long))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..models.conv import Conv2d
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_positive, check_stage_list, check_stages_exist, check_weight
 from .losses import full_precision
@@ -97,4 +98,4 @@ def width_adapter(student_width: int, teacher_width: int) -> nn.Module:
     """1×1 convolution (no bias) to the teacher's width, or identity if the widths agree."""
     if student_width == teacher_width:
         return nn.Identity()
-    return nn.Conv2d(student_width, teacher_width, kernel_size=1, bias=False)
+    return Conv2d(student_width, teacher_width, kernel_size=1, bias=False)

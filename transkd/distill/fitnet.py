@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.conv import Conv2d
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .kd import check_stage_list, check_stages_exist, check_weight
 from .losses import full_precision
@@ -47,7 +48,7 @@ class FitNetHints(DistillMethod):
         check_stages_exist(self.name, "stages", options.stages, len(student.widths))
         self.stages = tuple(sorted(options.stages))
         self.regressors = nn.ModuleDict({
-            f"stage{i}": nn.Conv2d(student.widths[i - 1], self.paired_teacher_widths[i - 1], 1, bias=False)
+            f"stage{i}": Conv2d(student.widths[i - 1], self.paired_teacher_widths[i - 1], 1, bias=False)
             for i in self.stages})
 
     @classmethod

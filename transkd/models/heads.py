@@ -18,7 +18,7 @@ class ConvBNReLU(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, norm: bool = True) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=not norm)
+        self.conv = Conv2d(in_ch, out_ch, kernel_size, padding=kernel_size // 2, bias=not norm)
         if norm:
             self.bn = nn.BatchNorm2d(out_ch)
         self.relu = nn.ReLU(inplace=True)
@@ -117,9 +117,9 @@ class FPNNeck(nn.Module):
 
     def __init__(self, in_channels: tuple[int, ...], out_channels: int = 256) -> None:
         super().__init__()
-        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.lateral_convs = nn.ModuleList(Conv2d(c, out_channels, 1) for c in in_channels)
         self.fpn_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+            Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         for conv in [*self.lateral_convs, *self.fpn_convs]:
             nn.init.xavier_uniform_(conv.weight)
             nn.init.zeros_(conv.bias)
@@ -152,7 +152,7 @@ class FPNHead(nn.Module):
         self.scale_heads = nn.ModuleList(heads)
         self.upsample_levels = [strides[i] != strides[0] for i in range(num_levels)]
         self.dropout = nn.Dropout2d(dropout)
-        self.classifier = nn.Conv2d(channels, num_classes, 1)
+        self.classifier = Conv2d(channels, num_classes, 1)
         nn.init.normal_(self.classifier.weight, std=0.01)
         nn.init.zeros_(self.classifier.bias)
 
