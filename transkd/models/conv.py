@@ -26,6 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Off: :func:`conv2d` is plain ``F.conv2d`` (``benchmarks/conv_weight_grad.py`` compares both).
+FAST_WEIGHT_GRAD = True
+
 
 def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
@@ -47,10 +50,10 @@ def _wants_fast_weight_grad(x: torch.Tensor, weight: torch.Tensor, groups: int,
                             dilation: tuple[int, int]) -> bool:
     exporting = (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
                  or torch.compiler.is_compiling())
-    return (torch.is_grad_enabled() and weight.requires_grad and x.device.type == "cpu"
-            and not exporting
-            and groups == 1 and dilation == (1, 1) and x.dtype == weight.dtype
-            and not _autocast_on(x.device.type) and _channels_last_only(x))
+    return (FAST_WEIGHT_GRAD and torch.is_grad_enabled() and weight.requires_grad
+            and x.device.type == "cpu" and not exporting and groups == 1 and dilation == (1, 1)
+            and x.dtype == weight.dtype and not _autocast_on(x.device.type)
+            and _channels_last_only(x))
 
 
 class _ChannelsLastConv2d(torch.autograd.Function):
