@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import gc
 import json
 import os
@@ -38,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,17 +87,39 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def measure(run: Callable[[], dict | None], warmup: int, repeats: int) -> dict:
-    """Time ``run`` and read the memory it adds on top of what exists now."""
+class Gate:
+    """A worker's side of ``--lockstep``: it waits for its turn before each step and reports
+    back after it, so that concurrent variants never compute at the same time. Without the
+    conductor's pipes (``spec["gate"]`` absent) every call returns at once."""
+
+    def __init__(self, fds: list[int] | None) -> None:
+        self.go, self.back = fds if fds else (None, None)
+
+    def signal(self) -> None:
+        if self.back is not None:
+            os.write(self.back, b".")
+
+    def wait(self) -> None:
+        if self.go is not None and not os.read(self.go, 1):
+            raise SystemExit("the lockstep conductor went away")
+
+
+def measure(run: Callable[[], dict | None], warmup: int, repeats: int, gate: Gate | None = None
+            ) -> dict:
+    """Time ``run`` and read the memory it adds on top of what exists now; with a ``gate``,
+    each run waits for its turn (the wait is not timed)."""
+    gate = gate or Gate(None)
     gc.collect()
     baseline = current_rss_bytes()
     peak_before = peak_rss_bytes()
     load_before = os.getloadavg()[0]
     times, cpu_times, info = [], [], None
     for i in range(warmup + repeats):
+        gate.wait()
         start, cpu_start = time.perf_counter(), time.process_time()
         info = run()
         elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
+        gate.signal()
         if i >= warmup:
             times.append(elapsed)
             cpu_times.append(cpu)
@@ -250,10 +274,14 @@ def worker_distill(spec: dict) -> dict:
 
         def run():
             return ours_step(distiller, optimizer, images, labels, autocast_bf16=impl == "ours_bf16")
-    result = measure(run, spec["warmup"], spec["repeats"])
+    gate = Gate(spec.get("gate"))
+    gate.signal()  # built: ready for the first turn
+    result = measure(run, spec["warmup"], spec["repeats"], gate)
+    gate.wait()  # one more turn for the counting and the phases
     result["flops"] = step_flops(run)
     if impl in ("ours", "ours_system"):
         result["phases"] = ours_phases(distiller, optimizer, images, labels, spec["repeats"])
+    gate.signal()
     return result
 
 
@@ -409,13 +437,75 @@ def run_worker(spec: dict) -> dict:
 # ------------------------------------------------------------------------------ orchestration
 
 
+def worker_env(spec: dict) -> dict:
+    return dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
+
+
 def spawn(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]), MKL_NUM_THREADS=str(spec["threads"]))
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], env=env,
-                          capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)],
+                          env=worker_env(spec), capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"{spec['kind']}/{spec.get('impl')} at {spec['size']} failed:\n{proc.stderr}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def spawn_lockstep(specs: list[dict]) -> list[dict]:
+    """Distillation variants in concurrent subprocesses that take turns step by step.
+
+    Each worker builds its models, then runs one step (warm-up, timed, and finally its FLOP
+    counting) each time this conductor hands it the turn; the order of the variants alternates
+    from turn to turn. Only one variant computes at any moment, each keeps its own process and
+    memory reading, and a burst of load from other jobs hits the steps of every variant alike
+    instead of whichever variant happened to run during it."""
+    with contextlib.ExitStack() as stack:
+        workers = [_start_gated_worker(spec, stack) for spec in specs]
+        for worker in workers:
+            _turn_done(worker)  # built
+        for turn in range(specs[0]["warmup"] + specs[0]["repeats"] + 1):
+            for worker in workers if turn % 2 == 0 else workers[::-1]:
+                os.write(worker["go"], b"g")
+                _turn_done(worker)
+        results = []
+        for worker in workers:
+            if worker["proc"].wait() != 0:
+                _turn_done(worker)
+            worker["out"].seek(0)
+            results.append(json.loads(worker["out"].read().decode().strip().splitlines()[-1]))
+        return results
+
+
+def _start_gated_worker(spec: dict, stack: contextlib.ExitStack) -> dict:
+    go_read, go_write = os.pipe()
+    back_read, back_write = os.pipe()
+    stack.callback(os.close, go_write)
+    stack.callback(os.close, back_read)
+    out = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115 (the stack closes it)
+    err = stack.enter_context(tempfile.TemporaryFile())  # noqa: SIM115
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(dict(spec, gate=[go_read, back_write]))],
+            env=worker_env(spec), stdout=out, stderr=err, pass_fds=(go_read, back_write))
+    finally:
+        os.close(go_read)
+        os.close(back_write)
+    stack.callback(_stop, proc)
+    return {"spec": spec, "proc": proc, "go": go_write, "back": back_read, "err": err, "out": out}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _turn_done(worker: dict) -> None:
+    """Wait for the worker to finish its turn; a worker that died fails the benchmark."""
+    if not os.read(worker["back"], 1):
+        worker["proc"].wait()
+        worker["err"].seek(0)
+        stderr = worker["err"].read().decode(errors="replace")
+        spec = worker["spec"]
+        raise SystemExit(f"distill/{spec['impl']} at {spec['size']} failed:\n{stderr}")
 
 
 def merge_rounds(runs: list[dict]) -> dict:
@@ -463,6 +553,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=2,
                    help="run the whole list of variants this many times, interleaved, so that "
                         "load changes hit every variant alike (default 2)")
+    p.add_argument("--lockstep", action="store_true",
+                   help="run the distillation variants of a size in concurrent processes that take "
+                        "turns step by step (alternating order), so that load from other jobs hits "
+                        "every variant's steps alike; memory is still read per process")
     p.add_argument("--infer-size", type=parse_size, default=(512, 1024),
                    help="inference input size HxW, batch 1 (default 512x1024)")
     p.add_argument("--infer-warmup", type=int, default=2)
@@ -544,7 +638,8 @@ def _print_rows(rows: list[dict], names: dict[str, str], digits: int) -> None:
 def print_table(report: dict) -> None:
     cfg = report["config"]
     print(f"\nTransKD-Base distillation step (B2 -> B0, batch {cfg['batch']}, {cfg['threads']} threads; "
-          f"{cfg['rounds']} rounds x {cfg['repeats']} timed steps after {cfg['warmup']} warm-up)")
+          f"{cfg['rounds']} rounds x {cfg['repeats']} timed steps after {cfg['warmup']} warm-up"
+          f"{'; variants taking turns step by step' if cfg.get('lockstep') else ''})")
     _print_rows([r for r in report["results"] if r["kind"] == "distill"], DISTILL_IMPLS, 2)
     print(f"\nStudent inference (1x3x{fmt_size(cfg['infer_size'])}, eval + inference_mode; "
           f"{cfg['rounds']} rounds x {cfg['infer_repeats']} after {cfg['infer_warmup']} warm-up)")
@@ -646,10 +741,23 @@ def main(argv: list[str] | None = None) -> int:
         sanity = spawn(dict(common, kind="sanity", size=args.sanity_size, batch=args.batch))
     runs: dict[tuple, list[dict]] = {}
     for round_index in range(args.rounds):
-        for spec in specs:
-            print(f"round {round_index + 1}/{args.rounds}: {spec['kind']} {spec['impl']} "
-                  f"{fmt_size(spec['size'])} ...", file=sys.stderr, flush=True)
-            runs.setdefault((spec["kind"], spec["impl"], tuple(spec["size"])), []).append(spawn(spec))
+        done = set()
+        for index, spec in enumerate(specs):
+            if index in done:
+                continue
+            group = [spec]
+            if args.lockstep and spec["kind"] == "distill":
+                group = [(i, s) for i, s in enumerate(specs)
+                         if s["kind"] == "distill" and s["size"] == spec["size"]]
+                done.update(i for i, _ in group)
+                group = [s for _, s in group]
+            names = " + ".join(s["impl"] for s in group)
+            print(f"round {round_index + 1}/{args.rounds}: {spec['kind']} {names} "
+                  f"{fmt_size(spec['size'])}{' (lockstep)' if len(group) > 1 else ''} ...",
+                  file=sys.stderr, flush=True)
+            results = spawn_lockstep(group) if len(group) > 1 else [spawn(spec)]
+            for s, result in zip(group, results):
+                runs.setdefault((s["kind"], s["impl"], tuple(s["size"])), []).append(result)
     results = [merge_rounds(r) for r in runs.values()]
     report = {
         "config": {**{k: v for k, v in vars(args).items() if k not in ("json", "worker")},
