@@ -468,7 +468,7 @@ def spawn_lockstep(specs: list[dict]) -> list[dict]:
         results = []
         for worker in workers:
             if worker["proc"].wait() != 0:
-                _turn_done(worker)
+                _fail(worker)
             worker["out"].seek(0)
             results.append(json.loads(worker["out"].read().decode().strip().splitlines()[-1]))
         return results
@@ -501,11 +501,15 @@ def _stop(proc: subprocess.Popen) -> None:
 def _turn_done(worker: dict) -> None:
     """Wait for the worker to finish its turn; a worker that died fails the benchmark."""
     if not os.read(worker["back"], 1):
-        worker["proc"].wait()
-        worker["err"].seek(0)
-        stderr = worker["err"].read().decode(errors="replace")
-        spec = worker["spec"]
-        raise SystemExit(f"distill/{spec['impl']} at {spec['size']} failed:\n{stderr}")
+        _fail(worker)
+
+
+def _fail(worker: dict) -> None:
+    worker["proc"].wait()
+    worker["err"].seek(0)
+    stderr = worker["err"].read().decode(errors="replace")
+    spec = worker["spec"]
+    raise SystemExit(f"distill/{spec['impl']} at {spec['size']} failed:\n{stderr}")
 
 
 def merge_rounds(runs: list[dict]) -> dict:

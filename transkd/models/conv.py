@@ -34,13 +34,6 @@ def _pair(value: int | tuple[int, ...]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
-def _autocast_on(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 took no device type
-        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
-
-
 def _channels_last_only(x: torch.Tensor) -> bool:
     return (x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
             and not x.is_contiguous())
@@ -52,7 +45,7 @@ def _wants_fast_weight_grad(x: torch.Tensor, weight: torch.Tensor, groups: int,
                  or torch.compiler.is_compiling())
     return (FAST_WEIGHT_GRAD and torch.is_grad_enabled() and weight.requires_grad
             and x.device.type == "cpu" and not exporting and groups == 1 and dilation == (1, 1)
-            and x.dtype == weight.dtype and not _autocast_on(x.device.type)
+            and x.dtype == weight.dtype and not torch.is_autocast_enabled(x.device.type)
             and _channels_last_only(x))
 
 
