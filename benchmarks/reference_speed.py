@@ -338,13 +338,21 @@ def ours_phases(distiller, optimizer, images, labels, repeats: int) -> dict:
 
 
 def worker_peak(spec: dict) -> dict:
-    """torch.mm fp32 peak at this thread count (transkd bench's own ceiling)."""
+    """fp32 matmul peak at this thread count (transkd bench's own ceiling: the CPU matmul library
+    of transkd's linear layers), and torch.mm's (the BLAS) beside it where that is another one."""
     from transkd.deploy.bench import matmul_peak
+    from transkd.models.linear import cpu_matmul_backend, set_cpu_matmul_backend
 
     peak = matmul_peak(2048, warmup=1, repeats=5)
+    extra = {}
+    if cpu_matmul_backend() != "blas":
+        set_cpu_matmul_backend("blas")
+        blas = matmul_peak(2048, warmup=1, repeats=5)
+        set_cpu_matmul_backend(None)
+        extra = {"blas_gflops_per_s": blas["gflops_per_s"], "blas_what": blas["what"]}
     seconds = peak["latency"]["median_ms"] / 1e3
     return {"times_s": [seconds], "cpu_times_s": [seconds], "gflops_per_s": peak["gflops_per_s"],
-            "what": peak["what"], "baseline_rss_mb": 0.0, "peak_rss_mb": 0.0, "peak_delta_mb": 0.0,
+            **extra, "what": peak["what"], "baseline_rss_mb": 0.0, "peak_rss_mb": 0.0, "peak_delta_mb": 0.0,
             "peak_before_mb": 0.0, "load_before": os.getloadavg()[0], "load_after": os.getloadavg()[0],
             "info": None}
 
@@ -425,12 +433,14 @@ WORKERS = {"distill": worker_distill, "infer": worker_infer, "sanity": worker_sa
 def run_worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     from transkd.host_memory import host_allocator, reuse_freed_memory
+    from transkd.models.linear import describe_cpu_matmul
 
     if spec.get("impl") in REUSE_IMPLS:
         reuse_freed_memory()
     result = WORKERS[spec["kind"]](spec)
     result.update(kind=spec["kind"], impl=spec.get("impl"), size=spec["size"],
-                  threads=torch.get_num_threads(), host_allocator=host_allocator())
+                  threads=torch.get_num_threads(), host_allocator=host_allocator(),
+                  cpu_matmul=describe_cpu_matmul())
     return result
 
 
@@ -530,9 +540,10 @@ def merge_rounds(runs: list[dict]) -> dict:
         "load": [[r["load_before"], r["load_after"]] for r in runs],
         "info": first["info"],
         "host_allocator": first.get("host_allocator"),
-        **{key: first[key] for key in ("flops", "phases", "what") if key in first},
-        **({"gflops_per_s": statistics.median(r["gflops_per_s"] for r in runs)}
-           if "gflops_per_s" in first else {}),
+        "cpu_matmul": first.get("cpu_matmul"),
+        **{key: first[key] for key in ("flops", "phases", "what", "blas_what") if key in first},
+        **{key: statistics.median(r[key] for r in runs)
+           for key in ("gflops_per_s", "blas_gflops_per_s") if key in first},
     }
 
 
@@ -651,6 +662,10 @@ def print_table(report: dict) -> None:
     print("\nHost memory: transkd variants keep freed memory for reuse, as the transkd command does "
           "(transkd.host_memory), except the 'system allocator' ones; reference variants run "
           "with the C library's defaults, except 'freed memory kept'.")
+    ours = [r for r in report["results"] if r["kind"] == "distill" and not r["impl"].startswith("ref")]
+    if ours and ours[0].get("cpu_matmul"):
+        print(f"CPU matmul of transkd's linear layers: {ours[0]['cpu_matmul']} (transkd.models.linear); "
+              "the reference's go to torch's BLAS.")
     print("\nRatios (speed-up = their time / our time: medians of wall and CPU time, and fastest runs;"
           " memory = our peak+ / their peak+)")
     for label, table in report["ratios"].items():
@@ -669,7 +684,7 @@ def print_table(report: dict) -> None:
 
 
 def efficiency(report: dict) -> dict:
-    """Achieved GFLOP/s of every distillation variant against the torch.mm peak of the same run,
+    """Achieved GFLOP/s of every distillation variant against the fp32 matmul peak of the same run,
     what the target speed-up over the reference as shipped would need, and transkd's phases."""
     peak_rows = [r for r in report["results"] if r["kind"] == "peak"]
     if not peak_rows:
@@ -677,6 +692,8 @@ def efficiency(report: dict) -> dict:
     peak = peak_rows[0]["gflops_per_s"]
     out: dict = {"peak_gflops_per_s": peak, "peak_what": peak_rows[0]["what"], "rows": [], "target": {},
                  "phases": {}}
+    if "blas_gflops_per_s" in peak_rows[0]:
+        out.update(blas_gflops_per_s=peak_rows[0]["blas_gflops_per_s"], blas_what=peak_rows[0]["blas_what"])
     for r in report["results"]:
         if r["kind"] != "distill" or not r.get("flops"):
             continue
@@ -708,6 +725,9 @@ def print_efficiency(report: dict) -> None:
           f"flop_counter, 2 per multiply-accumulate, attention included, the flash kernel's backward "
           f"counting its recomputation), over the median time; {eff['peak_what']}: "
           f"{eff['peak_gflops_per_s']:.1f} GFLOP/s (median of the rounds, same threads)")
+    if "blas_gflops_per_s" in eff:
+        print(f"  ({eff['blas_what']}, the BLAS that the reference's layers use: "
+              f"{eff['blas_gflops_per_s']:.1f} GFLOP/s)")
     for row in eff["rows"]:
         print(f"  {fmt_size(row['size']):>9}  {DISTILL_IMPLS[row['impl']]:<31}{row['gflop']:8.1f} GFLOP/step"
               f"{row['gflops_per_s']:8.1f} GFLOP/s {100 * row['of_peak']:5.1f}% of peak")

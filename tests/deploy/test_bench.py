@@ -12,9 +12,13 @@ from transkd.cli import main
 from transkd.deploy.bench import bench_model, format_bench, summarize
 from transkd.errors import ConfigError
 from transkd.models import create_model
+from transkd.models.linear import cpu_matmul_backend
 from transkd.weights.io import save_model
 
 TINY = dict(input_size=(64, 64), batch=2, threads=1, repeats=2, warmup=1, peak_size=64)
+#: The peak takes the CPU matmul library of the models' linear layers (see models.linear).
+PEAK_WHAT = ("oneDNN matmul fp32 64x64 @ 64x64 (transkd's linear layers)"
+             if cpu_matmul_backend() == "onednn" else "torch.mm fp32 64x64 @ 64x64")
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +34,8 @@ def test_rows_for_each_backend_and_a_failing_one_is_unavailable(model):
             "flops_per_forward", "flops_convention", "peak", "rows", "machine"} <= set(result)
     assert result["input_size"] == [2, 3, 64, 64] and result["threads"] == 1 and result["batch"] == 2
     assert result["flops_per_forward"] > 0 and "flop_counter" in result["flops_convention"]
-    assert result["peak"]["what"] == "torch.mm fp32 64x64 @ 64x64" and result["peak"]["gflops_per_s"] > 0
+    assert result["peak"]["what"] == PEAK_WHAT and result["peak"]["gflops_per_s"] > 0
+    assert result["machine"]["cpu_matmul"].startswith(cpu_matmul_backend())
     assert {"load_average_before", "load_average_after", "cpu_count", "torch"} <= set(result["machine"])
     rows = {row["backend"]: row for row in result["rows"]}
     assert list(rows) == ["eager", "onnxruntime", "compile"]
@@ -49,7 +54,7 @@ def test_rows_for_each_backend_and_a_failing_one_is_unavailable(model):
     table = format_bench(result)
     assert "input 2x3x64x64 (batch 2) · 1 thread(s)" in table
     assert "compile      unavailable: InvalidBackend" in table
-    assert "torch.mm fp32 64x64 @ 64x64" in table and "GFLOP/s" in table and "load average" in table
+    assert PEAK_WHAT in table and "GFLOP/s" in table and "load average" in table
     assert "timed right before each backend" in table and "host memory: " in table
 
 

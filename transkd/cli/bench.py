@@ -32,8 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "bench", help="CPU latency and throughput: eager, torch.compile, onnxruntime",
         description="Time one forward pass of a batch on the CPU with each backend (after warm-up; "
                     "median, interquartile range, min-max over the repeats), with images/s and the "
-                    "achieved GFLOP/s (torch flop counter, attention included) next to a torch.mm "
-                    "fp32 peak measured in the same run on the same threads. A backend that fails "
+                    "achieved GFLOP/s (torch flop counter, attention included) next to an fp32 matmul "
+                    "peak measured in the same run on the same threads. A backend that fails "
                     "is listed as unavailable with its reason.")
     add_model(parser, by_name=True)
     add_input_size(parser, "input height and width (default 512 1024; with --tradeoff: the size the "
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--compile-backend", default="inductor", metavar="NAME",
                         help="torch.compile backend (default inductor)")
     parser.add_argument("--peak-size", type=int, default=2048, metavar="N",
-                        help="matrix size of the torch.mm peak (default 2048)")
+                        help="matrix size of the fp32 matmul peak (default 2048)")
     trade = parser.add_argument_group("accuracy against latency (--tradeoff)")
     trade.add_argument("--tradeoff", action="store_true",
                        help="a saved student in every deployable form (eager, torch.compile, onnxruntime "

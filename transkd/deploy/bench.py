@@ -31,6 +31,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..host_memory import host_allocator
 from ..models import create_model, list_models
+from ..models.linear import cpu_matmul_backend, describe_cpu_matmul, linear
 from ..models.onnx_graph import onnx_session
 from ..profile import DEFAULT_NUM_CLASSES, FLOPS_CONVENTION, count_flops_total
 from ..progress import Progress
@@ -246,7 +247,7 @@ def bench_model(model: nn.Module, *, input_size: Sequence[int] = (512, 1024), ba
         "rows": rows,
         "machine": {"cpu_count": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                     "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                    "host_allocator": host_allocator(),
+                    "host_allocator": host_allocator(), "cpu_matmul": describe_cpu_matmul(),
                     "load_average_before": load_before, "load_average_after": load_average(),
                     "torch": torch.__version__, "onnxruntime": onnxruntime_version()},
     }
@@ -291,16 +292,25 @@ def _check_setting(input_size, batch, threads, repeats, warmup, backends, peak_s
 
 
 def matmul_runner(size: int) -> tuple[Callable[[], Any], int, str]:
-    """A ``torch.mm`` of two fp32 ``size``×``size`` matrices to time beside other runs: the call,
-    its FLOPs (2·size³) and what it is."""
+    """A product of two fp32 ``size``×``size`` matrices to time beside other runs: the call, its
+    FLOPs (2·size³) and what it is. It takes the CPU matrix-product library that transkd's linear
+    layers use (``models.linear``): ``torch.mm`` (the BLAS), or oneDNN where that is chosen."""
     generator = torch.Generator().manual_seed(0)
     a, b = torch.randn(size, size, generator=generator), torch.randn(size, size, generator=generator)
+    shape = f"{size}x{size} @ {size}x{size}"
+    if cpu_matmul_backend() == "onednn":
+        b_rows = b.t().contiguous()  # linear(a, Bᵀ) = a @ B
+
+        def run_onednn():
+            with torch.inference_mode():
+                return linear(a, b_rows)
+        return run_onednn, 2 * size ** 3, f"oneDNN matmul fp32 {shape} (transkd's linear layers)"
     out = torch.empty(size, size)
 
     def run():
         with torch.inference_mode():
             return torch.mm(a, b, out=out)
-    return run, 2 * size ** 3, f"torch.mm fp32 {size}x{size} @ {size}x{size}"
+    return run, 2 * size ** 3, f"torch.mm fp32 {shape}"
 
 
 def _build_backend(name: str, model: nn.Module, images: torch.Tensor,

@@ -35,6 +35,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models.conv import Conv2d
 from ..models.layers import OverlapPatchEmbed, init_transformer_weights
+from ..models.linear import Linear
 from .base import DistillContext, DistillMethod, NetworkInfo
 from .losses import HCL_LEVEL_WEIGHTS, full_precision, hcl_loss
 from .registry import register_method
@@ -131,7 +132,7 @@ class PatchEmbeddingAlignment(nn.Module):
                  stages: tuple[int, ...]) -> None:
         super().__init__()
         self.stages = tuple(stages)
-        self.proj = nn.ModuleDict({f"stage{s}": nn.Linear(student_widths[s - 1], teacher_widths[s - 1])
+        self.proj = nn.ModuleDict({f"stage{s}": Linear(student_widths[s - 1], teacher_widths[s - 1])
                                    for s in self.stages})
 
     def forward(self, stage: int, embedding: torch.Tensor) -> torch.Tensor:
@@ -153,8 +154,8 @@ class GlobalLocalMixer(nn.Module):
         if dim % num_heads:
             raise ValueError(f"GL-Mixer width {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim, bias=False)
+        self.proj = Linear(dim, dim)
         self.local_value = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
         self.local_gate = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
         self.alpha = nn.Parameter(torch.full((1,), float(alpha)))

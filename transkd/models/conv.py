@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .eager import compiling_or_exporting
+
 #: Off: :func:`conv2d` is plain ``F.conv2d`` (``benchmarks/conv_weight_grad.py`` compares both).
 FAST_WEIGHT_GRAD = True
 
@@ -41,10 +43,9 @@ def _channels_last_only(x: torch.Tensor) -> bool:
 
 def _wants_fast_weight_grad(x: torch.Tensor, weight: torch.Tensor, groups: int,
                             dilation: tuple[int, int]) -> bool:
-    exporting = (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-                 or torch.compiler.is_compiling())
     return (FAST_WEIGHT_GRAD and torch.is_grad_enabled() and weight.requires_grad
-            and x.device.type == "cpu" and not exporting and groups == 1 and dilation == (1, 1)
+            and x.device.type == "cpu" and not compiling_or_exporting() and groups == 1
+            and dilation == (1, 1)
             and x.dtype == weight.dtype and not torch.is_autocast_enabled(x.device.type)
             and _channels_last_only(x))
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .conv import Conv2d, conv2d
+from .linear import Linear
 
 
 class ConvBNReLU(nn.Sequential):
@@ -32,7 +33,7 @@ class MLPProjection(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
-        self.proj = nn.Linear(in_dim, out_dim)
+        self.proj = Linear(in_dim, out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         batch, _, height, width = x.shape

@@ -30,6 +30,7 @@ from .layers import (
     init_transformer_weights,
     tokens_to_grid,
 )
+from .linear import Linear
 from .mit import StagedEncoder, _with_overrides
 from .registry import register_model
 
@@ -78,10 +79,10 @@ class ConvSelfAttention(nn.Module):
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.scale = (dim // num_heads) ** -0.5
-        self.attention = nn.Linear(dim, 81 * num_heads)
+        self.attention = Linear(dim, 81 * num_heads)
         self.value = nn.Conv2d(9 * dim, 9 * dim, 1, groups=9, bias=False)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -158,9 +159,9 @@ class PlainMLP(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int, drop: float = 0.0) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -7,8 +7,8 @@ int8-static graphs written by ``transkd export`` — then
 - scores each on the same split with the same pipeline and metric (``transkd eval``: the mIoU of
   every exported graph is measured, not assumed);
 - times them on one random input of the stated size, interleaved (one forward of each variant in
-  turn, ``repeats`` rounds after warm-up) on the same thread count, next to a ``torch.mm`` fp32
-  peak of the same run; both wall time and process CPU time are kept;
+  turn, ``repeats`` rounds after warm-up) on the same thread count, next to an fp32 matmul
+  peak of the same run (``deploy.bench.matmul_runner``); both wall time and process CPU time are kept;
 - records each variant's size on disk, the CPU (model name, VNNI/AMX/AVX-512 flags) and the load.
 
 :func:`format_tradeoff` gives the Markdown table and :func:`plot_tradeoff` the picture (mIoU
@@ -46,13 +46,14 @@ from ..engine.score import evaluate_checkpoint, evaluation_images
 from ..errors import ConfigError
 from ..host_memory import host_allocator
 from ..jsonsafe import json_safe
+from ..models.linear import describe_cpu_matmul
 from ..models.onnx_graph import OnnxSegmentor
 from ..profile import FLOPS_CONVENTION, count_flops_total
 from ..weights.io import model_file
 from .plots import _pyplot, save_figure, write_atomically
 
-#: The torch.mm fp32 run timed in the same rounds as the variants: the machine's practical ceiling.
-PEAK = "torch.mm"
+#: The fp32 matmul timed in the same rounds as the variants: the machine's practical ceiling.
+PEAK = "matmul peak"
 VARIANTS = ("eager", "compile", "ort-fp32", "ort-fp16", "ort-int8-dynamic", "ort-int8-static")
 _DESCRIPTIONS = {
     "eager": "PyTorch eager fp32, inference_mode",
@@ -173,7 +174,8 @@ def deployment_tradeoff(model: str | os.PathLike, data_root: str | os.PathLike |
         "rows": [rows[v] for v in variants],
         "machine": {"cpu": cpu_description(), "load_average_before": load_before,
                     "load_average_after": load_after, "torch": torch.__version__,
-                    "onnxruntime": onnxruntime_version(), "host_allocator": host_allocator()},
+                    "onnxruntime": onnxruntime_version(), "host_allocator": host_allocator(),
+                    "cpu_matmul": describe_cpu_matmul()},
     })
 
 
@@ -238,7 +240,7 @@ def tradeoff_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the table; every column says what it holds."""
     base = result["baseline"]
     header = ["variant", "mIoU %", "wall ms (median)", "wall IQR ms", "CPU ms (median)",
-              f"speed vs {base} (wall / CPU)", "of torch.mm peak (wall / CPU)", "size MB"]
+              f"speed vs {base} (wall / CPU)", "of matmul peak (wall / CPU)", "size MB"]
     rows = []
     for row in result["rows"]:
         if row.get("status") != "ok" or "latency" not in row:
@@ -257,7 +259,7 @@ def tradeoff_table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 def tradeoff_notes(result: dict[str, Any]) -> list[str]:
     """The sentences under the table: the peak it is measured against, and each lowering."""
     peak = result["peak"]
-    notes = [f"torch.mm peak: {peak['what']}, timed in the same interleaved rounds on the same threads: "
+    notes = [f"Matmul peak: {peak['what']}, timed in the same interleaved rounds on the same threads: "
              f"{peak['gflops_per_s_wall']:.1f} GFLOP/s by wall time, {peak['gflops_per_s_cpu']:.1f} by CPU "
              f"time; FLOPs per forward {result['flops_per_forward'] / 1e9:.2f} G "
              f"({result['flops_convention']}). CPU ms: process CPU time (all threads), which other "
