@@ -95,6 +95,27 @@ def test_flop_counter_counts_cpu_attention_like_explicit_matmuls() -> None:
     assert count_flops_total(nn.Linear(6, 4), torch.randn(2, 7, 6)) == 2 * 2 * 7 * 4 * 6
 
 
+@pytest.mark.parametrize("backend", ["blas", "onednn"])
+def test_flop_counter_counts_linear_layers_on_either_cpu_matmul(backend) -> None:
+    """``models.linear`` may run oneDNN's kernel, which torch's table does not list: the count is
+    the same hand count (forward 2·rows·in·out; backward twice that) on both libraries."""
+    from transkd.models.linear import Linear, set_cpu_matmul_backend
+
+    set_cpu_matmul_backend(backend)
+    try:
+        x = torch.randn(2, 7, 6, requires_grad=True)
+        mode = flop_counter_mode()
+        with mode:
+            y = Linear(6, 4)(x)
+        assert mode.get_total_flops() == 2 * 2 * 7 * 6 * 4
+        mode = flop_counter_mode()
+        with mode:
+            y.sum().backward()
+        assert mode.get_total_flops() == 2 * (2 * 2 * 7 * 6 * 4)
+    finally:
+        set_cpu_matmul_backend(None)
+
+
 @pytest.mark.parametrize("groups", [1, 4, 16])
 def test_flop_counter_backward_of_grouped_convolution_costs_its_forward_per_gradient(groups) -> None:
     conv = nn.Conv2d(16, 16, 3, padding=1, groups=groups)

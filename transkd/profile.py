@@ -183,14 +183,21 @@ def _sdpa_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *a
     return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
+def _onednn_linear_flops(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+    """oneDNN's linear (``models.linear``): 2 × rows × in × out, the bias not counted (as addmm)."""
+    rows = math.prod(x_shape[:-1])
+    return 2 * rows * w_shape[1] * w_shape[0]
+
+
 def flop_counter_mode() -> flop_counter.FlopCounterMode:
     """A silent ``FlopCounterMode`` that also counts attention run through
-    ``F.scaled_dot_product_attention`` on the CPU.
+    ``F.scaled_dot_product_attention`` on the CPU, and linear layers run by oneDNN.
 
     On the CPU the fused kernel is reached from ``aten.scaled_dot_product_attention`` itself,
     which torch's table does not list, so attention would count as zero; mapping that op (and
     the CPU flash kernel) to torch's own SDPA formula fixes it without double counting, because a
-    mapped op is not decomposed further.
+    mapped op is not decomposed further. ``mkldnn::_linear_pointwise`` (what ``models.linear``
+    calls where oneDNN takes the CPU products) is not in torch's table either.
     """
     aten = torch.ops.aten
     names = ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu")
@@ -199,6 +206,9 @@ def flop_counter_mode() -> flop_counter.FlopCounterMode:
     if backward is not None:  # a training step's backward through the CPU kernel
         mapping[backward] = _sdpa_backward_flops
     mapping[aten.convolution_backward] = _conv_backward_flops
+    onednn_linear = getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
+    if onednn_linear is not None:
+        mapping[onednn_linear] = _onednn_linear_flops
     return flop_counter.FlopCounterMode(display=False, custom_mapping=mapping)
 
 
