@@ -365,7 +365,8 @@ def format_bench(result: dict[str, Any]) -> str:
         f"{result['model']} · {result['num_classes']} classes · {result['weights']}",
         f"input {shape} (batch {result['batch']}) · {result['threads']} thread(s) · "
         f"{result['repeats']} timed repeats after {result['warmup']} warm-up · {load_text}",
-        f"host memory: {machine.get('host_allocator', 'not recorded')}",
+        f"host memory: {machine.get('host_allocator', 'not recorded')} · "
+        f"CPU matmul of linear layers: {machine.get('cpu_matmul', 'not recorded')}",
         f"FLOPs per forward: {result['flops_per_forward'] / 1e9:.2f} G ({result['flops_convention']})",
         "",
         f"  {'backend':<12} {'latency ms: median':>18} {'IQR':>17} {'min-max':>17} {'images/s':>9} "

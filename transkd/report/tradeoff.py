@@ -224,7 +224,8 @@ def setting_line(result: dict[str, Any]) -> str:
             f"{shape} input ({result['input_size_reason']}), {result['threads']} thread(s), median of "
             f"{result['repeats']} interleaved rounds after {result['warmup']} warm-up · CPU {cpu['model']} "
             f"({cpu['cpus']} CPUs; {isa}) · load average {_load(load)} before, {_load(after)} after · "
-            f"host memory: {result['machine'].get('host_allocator', 'not recorded')} · {scored}")
+            f"host memory: {result['machine'].get('host_allocator', 'not recorded')} · CPU matmul of "
+            f"linear layers: {result['machine'].get('cpu_matmul', 'not recorded')} · {scored}")
 
 
 def _load(load: list[float] | None) -> str:
