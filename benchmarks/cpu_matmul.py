@@ -88,7 +88,7 @@ def linear_shapes(size: tuple[int, int]) -> list[tuple[str, int, int, int]]:
             for layer, rows, cin, cout in (("q/proj", tokens, dim, dim),
                                            ("kv", tokens // sr ** 2, dim, 2 * dim),
                                            ("fc1", tokens, dim, hidden), ("fc2", tokens, hidden, dim)):
-                shapes[(rows, cin, cout)] = f"{name} stage {stage} {layer}"
+                shapes.setdefault((rows, cin, cout), f"{name} stage {stage} {layer}")
     return [(label, rows, cin, cout) for (rows, cin, cout), label in shapes.items()]
 
 
