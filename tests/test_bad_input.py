@@ -112,6 +112,9 @@ def build_case(kind: str, tmp: Path, out: Path, monkeypatch) -> Case:
     if kind == "unknown_config_key":
         return Case([*train, "--set", "optim.learning_rate=0.1"],
                     "unknown config key 'optim.learning_rate'; keys of optim: lr,")
+    if kind == "unknown_cpu_matmul":
+        monkeypatch.setenv("TRANSKD_CPU_MATMUL", "mkl")
+        return Case(train, "TRANSKD_CPU_MATMUL='mkl' is not one of auto, onednn, blas")
     if kind == "malformed_override":
         return Case([*train, "--set", "optim.lr"], "must look like section.key=value")
     if kind == "wrong_type":
@@ -285,7 +288,7 @@ def previous_run(out: Path, model: str) -> None:
 
 KINDS = [
     "missing_config_file", "config_not_yaml", "config_not_a_mapping", "unknown_config_key",
-    "malformed_override", "wrong_type", "negative_learning_rate", "nan_learning_rate",
+    "malformed_override", "unknown_cpu_matmul", "wrong_type", "negative_learning_rate", "nan_learning_rate",
     "huge_learning_rate", "zero_batch_size", "paper_schedule_by_iterations", "unknown_model",
     "encoder_as_model",
     "unknown_method", "method_without_teacher", "unknown_dataset", "bad_method_option",

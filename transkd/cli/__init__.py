@@ -49,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
 
     reuse_freed_memory()
     try:
+        from ..models.linear import cpu_matmul_backend
+
+        cpu_matmul_backend()  # a bad TRANSKD_CPU_MATMUL is named now, not at the first forward
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
