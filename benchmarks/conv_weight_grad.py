@@ -132,7 +132,9 @@ def csf_row(height: int, width: int, repeats: int) -> dict:
             **interleaved(lambda: torch.autograd.backward(csf(maps), grads), repeats)}
 
 
-def step_row(teacher_name: str, student_name: str, size: tuple[int, int], repeats: int) -> dict:
+def training_step(teacher_name: str, student_name: str, size: tuple[int, int]) -> Callable[[], None]:
+    """One TransKD-Base training step (forward, backward, AdamW) on random weights and images,
+    batch 2 (also used by ``cpu_matmul.py``)."""
     import transkd
     from transkd.engine.optim import adamw
 
@@ -152,8 +154,12 @@ def step_row(teacher_name: str, student_name: str, size: tuple[int, int], repeat
         terms["loss"].backward()
         optimizer.step()
 
+    return step
+
+
+def step_row(teacher_name: str, student_name: str, size: tuple[int, int], repeats: int) -> dict:
     return {"teacher": teacher_name, "student": student_name, "size": list(size),
-            **interleaved(step, repeats)}
+            **interleaved(training_step(teacher_name, student_name, size), repeats)}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -155,27 +155,11 @@ def infer_row(size: tuple[int, int], repeats: int) -> dict:
 
 
 def step_row(size: tuple[int, int], repeats: int) -> dict:
-    import transkd
-    from transkd.engine.optim import adamw
-
-    gen = torch.Generator().manual_seed(1)
-    images = torch.rand(2, 3, *size, generator=gen)
-    labels = torch.randint(0, 19, (2, *size), generator=gen)
-    torch.manual_seed(0)
-    teacher = transkd.create_model("segformer_b2", num_classes=19)
-    student = transkd.create_model("segformer_b0", num_classes=19)
-    distiller = transkd.create_distiller("transkd_base", teacher, student).train()
-    optimizer = adamw([{"params": list(distiller.parameters())}], lr=6e-5, betas=(0.9, 0.999),
-                      eps=1e-8, weight_decay=0.01)
-
-    def step():
-        terms = distiller(images, labels)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        optimizer.step()
+    from conv_weight_grad import training_step  # this folder is on the path of a script
 
     return {"step": "TransKD-Base, segformer_b2 -> segformer_b0, batch 2, AdamW",
-            "input": [2, 3, *size], **interleaved(step, repeats)}
+            "input": [2, 3, *size],
+            **interleaved(training_step("segformer_b2", "segformer_b0", size), repeats)}
 
 
 def _ratio(r: dict) -> str:
