@@ -2,9 +2,10 @@
 
 PyTorch's x86 builds send every fp32 ``F.linear`` on the CPU to MKL's sgemm, which on AMD CPUs does
 not run its best kernels; oneDNN (the library behind PyTorch's CPU convolutions) does. On an AMD
-EPYC (Zen 4, AVX-512, 2 threads) the token-wise products of a MiT encoder ran 1.2–2.5× faster
-through oneDNN (MiT-B2's Mix-FFN ``fc1``, 16384×64 → 256: 96 against 134 GFLOP/s; 512×512 →
-2048: 70 against 177), and MiT-B2's whole forward at 2×3×256×512 took 305 instead of 350 ms.
+EPYC (Zen 4, AVX-512, 2 threads) a 2048² product ran at 203 against 167 GFLOP/s, the wide
+token-wise products of a MiT encoder up to 1.6× faster (MiT-B2's stage-1 ``fc2``, 16384×256 → 64:
+3.8 against 6.3 ms) and MiT-B2's whole forward at 2×3×256×512 took 286 instead of 303 ms
+(``benchmarks/cpu_matmul.py``; some small products are slower, e.g. 0.92× at 4096×128 → 128).
 
 :func:`linear` is ``F.linear`` with the product taken by oneDNN (``mkldnn::_linear_pointwise``,
 the kernel ``torch.compile`` itself emits for CPU linears) when :func:`cpu_matmul_backend` says
@@ -66,10 +67,10 @@ def cpu_vendor() -> str:
     return ""
 
 
-def _requested() -> str:
-    if _override is not None:
-        return _override
-    value = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+def _requested(override: str | None, env_value: str | None) -> str:
+    if override is not None:
+        return override
+    value = (env_value or "auto").strip().lower() or "auto"
     if value not in BACKENDS:
         raise ConfigError(f"{ENV_VAR}={value!r} is not one of {', '.join(BACKENDS)}")
     return value
@@ -83,7 +84,7 @@ def cpu_matmul_backend() -> str:
 @functools.lru_cache(maxsize=8)
 def _resolve(override: str | None, env_value: str | None) -> str:
     # Called per linear layer: cached on what it reads, so a changed setting still counts.
-    requested = _requested()
+    requested = _requested(override, env_value)
     if requested == "blas" or _onednn_linear() is None:
         return "blas"
     if requested == "onednn":
@@ -93,7 +94,7 @@ def _resolve(override: str | None, env_value: str | None) -> str:
 
 def describe_cpu_matmul() -> str:
     """The backend with why, for the record of a measurement."""
-    requested = _requested()
+    requested = _requested(_override, os.environ.get(ENV_VAR))
     backend = cpu_matmul_backend()
     if requested == "auto":
         vendor = cpu_vendor() or "unknown CPU vendor"
